@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Build tools, the libraries of DESIGN.md §6, and redis-server for the integration tests.
 PACKAGES=(build-essential cmake pkg-config
           libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libhiredis-dev
-          libturbojpeg0-dev libspng-dev libmicrohttpd-dev libcjson-dev libssl-dev
+          libturbojpeg0-dev libspng-dev libmicrohttpd-dev libcjson-dev libssl-dev libpcre2-dev
           redis-server)
 
 missing=()
