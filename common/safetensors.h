@@ -8,7 +8,14 @@
  * dtype, non-negative integer dims, rank <= TENSOR_MAX_DIMS, no numel overflow, offsets inside
  * the data section and matching numel * dtype size, no overlapping tensors, no duplicate names,
  * metadata string->string). Tensors come out as tensor_view pointing into the mapping: they live
- * as long as the st_file. Gaps between tensors are accepted; overlaps are not.
+ * as long as the st_file. Gaps between tensors are accepted; overlaps are not. An opened
+ * st_file/st_model is read-only, so any number of threads may read it at once.
+ *
+ * Alignment: in files written by the package or by st_writer, every tensor's data is naturally
+ * aligned (header padded to 8, tensors ordered by element size descending, the mapping page
+ * aligned). A foreign file may place a tensor at any byte; callers that need typed access
+ * should check ((uintptr_t)t->data % dtype_size(t->dtype)) or use dtype_to_f32, which accepts
+ * unaligned input.
  *
  * Models (st_model): "a model's tensors, wherever they are": one .safetensors file, a
  * model.safetensors.index.json (HF sharded layout: {"metadata": {...}, "weight_map": {tensor:
