@@ -75,7 +75,6 @@ def hf_logits(model: R.TinyGPTV, split_folder: pathlib.Path, embeds: torch.Tenso
         if k.endswith(".weight") and base + ".lora_A.weight" in model.lm:
             v = v + scale * R.f32(model.lm[base + ".lora_B.weight"]) @ R.f32(model.lm[base + ".lora_A.weight"])
         sd[k] = v
-    sd = {k.replace("model.final_layernorm", "model.final_layernorm"): v for k, v in sd.items()}
     split = make_tiny.fused_to_split(sd, c.heads)
     missing, unexpected = hf.load_state_dict(
         {k: v for k, v in split.items() if not k.endswith("post_layernorm.weight")}, strict=False)

@@ -1,5 +1,5 @@
-"""Writes a tiny random TinyGPT-V in the ORIGINAL file formats users have (seeded; reruns give the
-same bytes except for torch.save's zip timestamps... which torch does not write, so same bytes):
+"""Writes a tiny random TinyGPT-V in the ORIGINAL file formats users have (seeded; a rerun writes
+byte-identical files):
 
   eva_vit_g.pth                    flat state dict, fp16 (as LAVIS's eva_vit_g.pth), pos_embed for a
                                    3x3 grid (the 84-pixel model needs 6x6: the bicubic resize runs)
@@ -175,7 +175,7 @@ def fused_to_split(sd: dict, heads: int) -> dict:
     return out
 
 
-def phi_config(vocab: int, fused: bool) -> dict:
+def phi_config(vocab: int, eot: int, fused: bool) -> dict:
     c = TINY["phi"]
     cfg = {
         "architectures": ["PhiForCausalLM"], "model_type": "phi",
@@ -185,17 +185,13 @@ def phi_config(vocab: int, fused: bool) -> dict:
         "max_position_embeddings": 2048, "layer_norm_eps": c["layer_norm_eps"],
         "partial_rotary_factor": c["partial_rotary_factor"], "rope_theta": c["rope_theta"],
         "rope_scaling": None, "qk_layernorm": False, "vocab_size": vocab,
-        "tie_word_embeddings": False, "bos_token_id": 50256, "eos_token_id": 50256,
+        "tie_word_embeddings": False, "bos_token_id": eot, "eos_token_id": eot,
         "resid_pdrop": 0.1, "embd_pdrop": 0.0, "attention_dropout": 0.0,
         "initializer_range": 0.02, "use_cache": True, "torch_dtype": "float16",
     }
-    cfg["bos_token_id"] = cfg["eos_token_id"] = vocab_eot[0]
     if fused:
         cfg["_tinyvlm_layout"] = "fused query_key_value, rows per head [q|k|v] (TinyGPT-V modeling_phi.py)"
     return cfg
-
-
-vocab_eot = [0]
 
 
 def stage4_state(gen, vocab: int) -> dict:
@@ -256,17 +252,17 @@ def main(out: pathlib.Path) -> dict:
     tok.save(str(out / "tokenizer.json"))
     n_tok = tok.get_vocab_size(with_added_tokens=True)
     vocab = padded_vocab(n_tok)
-    vocab_eot[0] = tok.token_to_id("<|endoftext|>")
+    eot = tok.token_to_id("<|endoftext|>")
 
     torch.save(vit_state(gen), out / "eva_vit_g.pth")
     torch.save({"model": blip2_state(gen)}, out / "blip2_pretrained_flant5xxl.pth")
     base = phi_base(gen, vocab, n_tok)
     torch.save(stage4_file(gen, vocab), out / "TinyGPT-V_for_Stage4.pth")
     heads = TINY["phi"]["heads"]
-    write_phi_folder(out / "phi_fused", base, phi_config(vocab, True), out / "tokenizer.json")
-    write_phi_folder(out / "phi_split", fused_to_split(base, heads), phi_config(vocab, False),
+    write_phi_folder(out / "phi_fused", base, phi_config(vocab, eot, True), out / "tokenizer.json")
+    write_phi_folder(out / "phi_split", fused_to_split(base, heads), phi_config(vocab, eot, False),
                      out / "tokenizer.json")
-    return dict(TINY, n_tokens=n_tok, vocab=vocab, eot_id=vocab_eot[0],
+    return dict(TINY, n_tokens=n_tok, vocab=vocab, eot_id=eot,
                 stop_id=tok.token_to_id("###"))
 
 
