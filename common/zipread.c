@@ -20,7 +20,13 @@
 #define MAX_COMMENT 0xffff
 #define MAX_ENTRIES (1u << 24) /* far beyond any checkpoint; bounds the table we allocate */
 
+typedef struct {
+    const char *name;
+    size_t i;
+} zname;
+
 struct zipr {
+    zname *sorted; /* (name, index) by name then index: lookups are O(log n) per storage */
     const unsigned char *buf;
     size_t len;
     const char *label;
@@ -200,6 +206,12 @@ static int read_entry(zipr *z, size_t i, uint64_t *pos, uint64_t end, char **nam
     return TV_OK;
 }
 
+static int cmp_zname(const void *a, const void *b) {
+    const zname *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
 int zipr_open_mem(const unsigned char *buf, size_t len, const char *label, zipr **out) {
     TV_ASSERT(out);
     *out = NULL;
@@ -219,6 +231,9 @@ int zipr_open_mem(const unsigned char *buf, size_t len, const char *label, zipr 
         rc = read_entry(z, z->count, &pos, end, &np);
         if (rc) goto fail;
     }
+    z->sorted = tv_xmalloc((z->count ? z->count : 1) * sizeof *z->sorted);
+    for (size_t i = 0; i < z->count; i++) z->sorted[i] = (zname){z->entries[i].name, i};
+    qsort(z->sorted, z->count, sizeof *z->sorted, cmp_zname);
     *out = z;
     return TV_OK;
 fail:
@@ -230,6 +245,7 @@ void zipr_free(zipr *z) {
     if (!z) return;
     free(z->entries);
     free(z->names);
+    free(z->sorted);
     free(z);
 }
 
@@ -241,8 +257,14 @@ const zipr_entry *zipr_entry_at(const zipr *z, size_t i) {
 
 const zipr_entry *zipr_find(const zipr *z, const char *name) {
     if (!z || !name) return NULL;
-    for (size_t i = 0; i < z->count; i++)
-        if (strcmp(z->entries[i].name, name) == 0) return &z->entries[i];
+    size_t lo = 0, hi = z->count; /* lower bound: the first of equal names is the lowest index */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(z->sorted[mid].name, name) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < z->count && strcmp(z->sorted[lo].name, name) == 0)
+        return &z->entries[z->sorted[lo].i];
     return NULL;
 }
 

@@ -462,6 +462,34 @@ static void test_zip_fields(void) {
     free(f);
 }
 
+/* An archive comment (holding a fake end record) is skipped by the backwards scan. */
+static void test_comment(void) {
+    size_t len;
+    unsigned char *f = slurp("pth/flat.pth", &len);
+    const char comment[] = "PK\x05\x06 a fake end record inside the comment";
+    size_t clen = sizeof comment - 1;
+    unsigned char *m = malloc(len + clen);
+    memcpy(m, f, len);
+    memcpy(m + len, comment, clen);
+    m[len - 2] = (unsigned char)clen;
+    open_copy(m, len + clen, 1);
+    m[len - 2] = (unsigned char)(clen + 1); /* claims one byte more than there is */
+    open_copy(m, len + clen, 0);
+    /* zipr directly: entries, lookups, and the data view of a stored entry. */
+    zipr *z = NULL;
+    CHECK_OK(zipr_open_mem(f, len, "flat", &z));
+    CHECK_EQ_INT(zipr_count(z), 11); /* as Python's zipfile lists it */
+    const zipr_entry *e = zipr_find(z, "flat/byteorder");
+    const unsigned char *d = NULL;
+    size_t n = 0;
+    CHECK(e && zipr_data(z, e, &d, &n) == 0 && n == 6 && !memcmp(d, "little", 6));
+    CHECK(zipr_find(z, "flat/nope") == NULL && zipr_entry_at(z, 11) == NULL);
+    zipr_free(z);
+    zipr_free(NULL);
+    free(m);
+    free(f);
+}
+
 /* Flips bytes at seeded-random places and checks every outcome is clean. */
 static void mutate(const char *rel, int rounds, int pickle_only) {
     size_t len;
@@ -504,6 +532,7 @@ int main(void) {
     test_crafted_pickles();
     test_truncations();
     test_zip_fields();
+    test_comment();
     mutate("pth/flat.pth", 3000, 1);
     mutate("pth/proto4.pth", 1000, 1);
     mutate("pth/flat.pth", 2000, 0);
