@@ -111,11 +111,16 @@ struct st_file {
     char **names;
     size_t nmeta;
     char **mkey, **mval;
-    name_index ix;
+    name_index ix;              /* tensor names */
+    name_index mix;             /* metadata keys */
 };
 
 static const char *file_name_of(const void *ctx, size_t i) {
     return ((const st_file *)ctx)->t[i].name;
+}
+
+static const char *meta_key_of(const void *ctx, size_t i) {
+    return ((const st_file *)ctx)->mkey[i];
 }
 
 /* The "__metadata__" object: string values only, no repeated keys. */
@@ -131,16 +136,17 @@ static int parse_metadata(st_file *f, const cJSON *meta) {
         if (!cJSON_IsString(e))
             return err_set(TV_EFORMAT, "%s: __metadata__ value for '%s' is not a string",
                            f->path, e->string);
-        for (size_t j = 0; j < f->nmeta; j++)
-            if (strcmp(f->mkey[j], e->string) == 0)
-                return err_set(TV_EFORMAT, "%s: __metadata__ key '%s' appears twice", f->path,
-                               e->string);
         f->mkey[f->nmeta] = st_strdup(e->string);
         f->mval[f->nmeta] = st_strdup(e->valuestring);
         if (!f->mkey[f->nmeta] || !f->mval[f->nmeta++])
             return err_set(TV_ENOMEM, "%s: no memory for metadata", f->path);
     }
-    return TV_OK;
+    /* A hash table, not a pairwise scan: a hostile header may hold millions of keys. */
+    size_t dup = 0;
+    int rc = nidx_build(&f->mix, f->nmeta, meta_key_of, f, &dup);
+    if (rc == TV_EFORMAT)
+        return err_set(rc, "%s: __metadata__ key '%s' appears twice", f->path, f->mkey[dup]);
+    return rc;
 }
 
 /* "shape": array of at most TENSOR_MAX_DIMS exact non-negative integers; sets ndim, shape and
@@ -342,6 +348,7 @@ void st_free(st_file *f) {
     free_strings(f->mval, f->nmeta);
     free(f->t);
     free(f->ix.slot);
+    free(f->mix.slot);
     free(f->path);
     mf_free(f->mf);
     free(f);
@@ -379,9 +386,8 @@ const char *st_meta_value(const st_file *f, size_t i) {
 }
 
 const char *st_meta_get(const st_file *f, const char *key) {
-    for (size_t i = 0; i < f->nmeta; i++)
-        if (strcmp(f->mkey[i], key) == 0) return f->mval[i];
-    return NULL;
+    long i = nidx_find(&f->mix, key, meta_key_of, f);
+    return i < 0 ? NULL : f->mval[i];
 }
 
 const char *st_header(const st_file *f, size_t *len) {

@@ -528,6 +528,45 @@ static void test_mutations(void) {
     CHECK(accepted > 0);   /* e.g. a digit inside a name still parses */
 }
 
+/* Many tensors and metadata keys: every lookup through the hash tables finds its own entry. */
+static void test_many(void) {
+    enum { N = 5000 };
+    size_t cap = (size_t)N * 160 + 64, len = 0;
+    char *json = malloc(cap);
+    len += (size_t)snprintf(json + len, cap - len, "{\"__metadata__\":{");
+    for (int i = 0; i < N; i++)
+        len += (size_t)snprintf(json + len, cap - len, "%s\"key%d\":\"v%d\"", i ? "," : "", i, i);
+    len += (size_t)snprintf(json + len, cap - len, "}");
+    for (int i = 0; i < N; i++)
+        len += (size_t)snprintf(json + len, cap - len,
+                                ",\"layer.%d.w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[%d,%d]}",
+                                i, i, i + 1);
+    snprintf(json + len, cap - len, "}");
+    len = strlen(json);
+    unsigned char *buf = malloc(8 + len + N);
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)len >> (8 * i));
+    memcpy(buf + 8, json, len);
+    for (int i = 0; i < N; i++) buf[8 + len + i] = (unsigned char)(i * 7);
+    st_file *f = NULL;
+    CHECK_OK(st_open_buffer(buf, 8 + len + N, "many", &f));
+    int bad = 0;
+    for (int i = 0; f && i < N; i++) {
+        char name[32], val[32];
+        snprintf(name, sizeof name, "layer.%d.w", i);
+        const tensor_view *t = st_find(f, name);
+        if (!t || *(const unsigned char *)t->data != (unsigned char)(i * 7)) bad++;
+        snprintf(name, sizeof name, "key%d", i);
+        snprintf(val, sizeof val, "v%d", i);
+        const char *v = st_meta_get(f, name);
+        if (!v || strcmp(v, val) != 0) bad++;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK(f && st_find(f, "layer.5000.w") == NULL && st_meta_get(f, "key5000") == NULL);
+    st_free(f);
+    free(buf);
+    free(json);
+}
+
 /* Index files that lie: missing shard, tensor not in its shard, duplicate names, escapes. */
 static void test_bad_index(void) {
     st_writer *w = st_writer_new();
@@ -592,6 +631,7 @@ int main(void) {
     test_writer_errors();
     test_malformed();
     test_mutations();
+    test_many();
     test_bad_index();
     cleanup_tmpdir();
     return check_finish("test_safetensors");
