@@ -1,0 +1,559 @@
+/* AVX2 + FMA + F16C kernels. Compiled for those instructions with a target pragma (no special
+ * build flags), and only ever called after cpu_get_features() said the CPU has them, so the
+ * binary still runs on older CPUs (which get the plain-C reference).
+ *
+ * matmul: small M (decode) streams each weight row once, converting 8 weights at a time to f32
+ * in registers and doing dot products with the (few) activation rows. Large M (prefill, the
+ * vision encoder) packs a KC x NC block of W, converted to f32, into 16-column panels in the
+ * per-thread scratch, then runs a 6x16 register-tiled FMA micro-kernel over it. */
+#include <stddef.h>
+
+#include "ops_cpu.h"
+
+#if defined(__x86_64__)
+
+extern const cpu_isa cpu_isa_avx2_table;
+const cpu_isa *cpu_isa_avx2(void) { return &cpu_isa_avx2_table; }
+
+#pragma GCC target("avx2,fma,f16c")
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "quant.h"
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Lanes [0, r) set, r in [0, 8]. */
+static inline __m256i tail_mask(int64_t r) {
+    static const int32_t bits[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256((const __m256i *)(bits + 8 - r));
+}
+
+/* e^x to ~1 ulp: x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^7 (error < 6e-9),
+ * times 2^n built in the exponent bits. Below -87.3 the result is 0 (so -inf gives 0); above
+ * 88.3 it saturates near 2e38. */
+static inline __m256 vexp(__m256 x) {
+    __m256 zero_mask = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* ln2 split in two so n*ln2_hi is exact */
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* ---- weight loads: 8 consecutive weights of one row, as f32 ------------------------------- */
+/* row: the row's first stored byte; srow: its scales (q8/q4); kk: a multiple of 8. */
+
+static inline __m256 ld_f32(const void *row, const float *srow, int64_t kk) {
+    return _mm256_loadu_ps((const float *)row + kk);
+}
+static inline __m256 ld_f16(const void *row, const float *srow, int64_t kk) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + kk)));
+}
+static inline __m256 ld_bf16(const void *row, const float *srow, int64_t kk) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + kk)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+static inline __m256 ld_q8(const void *row, const float *srow, int64_t kk) {
+    __m128i b = _mm_loadl_epi64((const __m128i *)((const int8_t *)row + kk));
+    __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    return _mm256_mul_ps(v, _mm256_broadcast_ss(srow + kk / QUANT_BLOCK));
+}
+/* q4: chunk c = (kk % 32) / 8 of a block is bytes (c & 1)*8 .. +8, low nibbles for c < 2. */
+static inline __m256 ld_q4(const void *row, const float *srow, int64_t kk) {
+    const uint8_t *blk = (const uint8_t *)row + (kk / QUANT_BLOCK) * (QUANT_BLOCK / 2);
+    int c = (int)(kk % QUANT_BLOCK) / 8;
+    __m128i b = _mm_loadl_epi64((const __m128i *)(blk + (c & 1) * 8));
+    b = _mm_srl_epi16(b, _mm_cvtsi32_si128((c >> 1) * 4));
+    b = _mm_sub_epi8(_mm_and_si128(b, _mm_set1_epi8(0x0f)), _mm_set1_epi8(8));
+    __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    return _mm256_mul_ps(v, _mm256_broadcast_ss(srow + kk / QUANT_BLOCK));
+}
+
+/* Start of row j's stored bytes, and one weight as f32 (for K tails; f32/f16/bf16 only, since
+ * quantised K is a multiple of 32). */
+static inline const void *w_row(const kern_weight *w, int64_t j) {
+    switch (w->type) {
+    case KERN_W_F32: return (const float *)w->data + j * w->k;
+    case KERN_W_F16: case KERN_W_BF16: return (const uint16_t *)w->data + j * w->k;
+    case KERN_W_Q8: return (const int8_t *)w->data + j * w->k;
+    case KERN_W_Q4: return (const uint8_t *)w->data + j * (w->k / 2);
+    }
+    return NULL;
+}
+static inline const float *w_srow(const kern_weight *w, int64_t j) {
+    return w->scale ? w->scale + j * (w->k / QUANT_BLOCK) : NULL;
+}
+static inline float w_get(kern_wtype t, const void *row, int64_t kk) {
+    switch (t) {
+    case KERN_W_F32: return ((const float *)row)[kk];
+    case KERN_W_F16: return dtype_f16_to_f32(((const uint16_t *)row)[kk]);
+    case KERN_W_BF16: return dtype_bf16_to_f32(((const uint16_t *)row)[kk]);
+    default: return 0;   /* quantised rows have no tail */
+    }
+}
+
+/* ---- matmul, small M: dot products --------------------------------------------------------- */
+
+/* x: row i0 (mr rows at stride K); y: row i0 (stride N). Columns [n0, n1). For M == 1 four
+ * weight rows go at once (four independent FMA chains); otherwise one weight row against up to
+ * four activation rows (spare rows duplicate the last one and are not stored). */
+#define DEF_ROWDOT(NAME, LD)                                                                  \
+    static void NAME(const float *x, int64_t mr, const kern_weight *w, const float *bias,      \
+                     float *y, int64_t n0, int64_t n1) {                                       \
+        const int64_t K = w->k, N = w->n, K8 = K & ~(int64_t)7;                                \
+        int64_t j = n0;                                                                        \
+        if (mr == 1)                                                                           \
+            for (; j + 4 <= n1; j += 4) {                                                      \
+                const void *r0 = w_row(w, j), *r1 = w_row(w, j + 1), *r2 = w_row(w, j + 2),    \
+                           *r3 = w_row(w, j + 3);                                              \
+                const float *s0 = w_srow(w, j), *s1 = w_srow(w, j + 1),                        \
+                            *s2 = w_srow(w, j + 2), *s3 = w_srow(w, j + 3);                    \
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                    \
+                for (int64_t kk = 0; kk < K8; kk += 8) {                                       \
+                    __m256 xv = _mm256_loadu_ps(x + kk);                                       \
+                    a0 = _mm256_fmadd_ps(xv, LD(r0, s0, kk), a0);                              \
+                    a1 = _mm256_fmadd_ps(xv, LD(r1, s1, kk), a1);                              \
+                    a2 = _mm256_fmadd_ps(xv, LD(r2, s2, kk), a2);                              \
+                    a3 = _mm256_fmadd_ps(xv, LD(r3, s3, kk), a3);                              \
+                }                                                                              \
+                float t0 = hsum(a0), t1 = hsum(a1), t2 = hsum(a2), t3 = hsum(a3);              \
+                for (int64_t kk = K8; kk < K; kk++) {                                          \
+                    t0 += x[kk] * w_get(w->type, r0, kk);                                      \
+                    t1 += x[kk] * w_get(w->type, r1, kk);                                      \
+                    t2 += x[kk] * w_get(w->type, r2, kk);                                      \
+                    t3 += x[kk] * w_get(w->type, r3, kk);                                      \
+                }                                                                              \
+                y[j] = t0 + (bias ? bias[j] : 0.0f);                                           \
+                y[j + 1] = t1 + (bias ? bias[j + 1] : 0.0f);                                   \
+                y[j + 2] = t2 + (bias ? bias[j + 2] : 0.0f);                                   \
+                y[j + 3] = t3 + (bias ? bias[j + 3] : 0.0f);                                   \
+            }                                                                                  \
+        const float *x0 = x, *x1 = x + (mr > 1 ? 1 : 0) * K, *x2 = x + (mr > 2 ? 2 : 0) * K,   \
+                    *x3 = x + (mr > 3 ? 3 : 0) * K;                                            \
+        for (; j < n1; j++) {                                                                  \
+            const void *r = w_row(w, j);                                                       \
+            const float *s = w_srow(w, j);                                                     \
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                        \
+            for (int64_t kk = 0; kk < K8; kk += 8) {                                           \
+                __m256 wv = LD(r, s, kk);                                                      \
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + kk), wv, a0);                        \
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + kk), wv, a1);                        \
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + kk), wv, a2);                        \
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + kk), wv, a3);                        \
+            }                                                                                  \
+            float t[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};                             \
+            const float *xs[4] = {x0, x1, x2, x3};                                             \
+            for (int64_t r_ = 0; r_ < mr; r_++) {                                              \
+                for (int64_t kk = K8; kk < K; kk++) t[r_] += xs[r_][kk] * w_get(w->type, r, kk); \
+                y[r_ * N + j] = t[r_] + (bias ? bias[j] : 0.0f);                               \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+DEF_ROWDOT(rowdot_f32, ld_f32)
+DEF_ROWDOT(rowdot_f16, ld_f16)
+DEF_ROWDOT(rowdot_bf16, ld_bf16)
+DEF_ROWDOT(rowdot_q8, ld_q8)
+DEF_ROWDOT(rowdot_q4, ld_q4)
+
+/* ---- matmul, large M: pack W, 6x16 micro-kernel -------------------------------------------- */
+
+#define MR 6
+#define NR 16
+
+/* Transposes the 8x8 block in r[0..7] (r[i] = row i) so that r[c] holds column c. */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* Packs W[n0:n1, k0:k0+kc] as f32 into panels of NR columns: panel p, element (kk, c) at
+ * out[p*kc*NR + kk*NR + c] = W[n0 + p*NR + c, k0 + kk]; columns past n1 are zero. Eight weight
+ * rows at a time are loaded 8 k's wide and transposed in registers. */
+#define DEF_PACK(NAME, LD)                                                                     \
+    static void NAME(const kern_weight *w, int64_t n0, int64_t n1, int64_t k0, int64_t kc,      \
+                     float *out) {                                                             \
+        int64_t kc8 = kc & ~(int64_t)7;                                                        \
+        for (int64_t jb = n0; jb < n1; jb += 8) {                                              \
+            int64_t p = (jb - n0) / NR, c0 = (jb - n0) % NR, nv = n1 - jb < 8 ? n1 - jb : 8;    \
+            float *panel = out + p * kc * NR + c0;                                             \
+            const void *rows[8];                                                               \
+            const float *srows[8];                                                             \
+            for (int r = 0; r < 8; r++) {                                                      \
+                rows[r] = w_row(w, jb + (r < nv ? r : 0));                                     \
+                srows[r] = w_srow(w, jb + (r < nv ? r : 0));                                   \
+            }                                                                                  \
+            __m256i keep = tail_mask(nv);                                                      \
+            for (int64_t kk = 0; kk < kc8; kk += 8) {                                          \
+                __m256 v[8];                                                                   \
+                for (int r = 0; r < 8; r++) v[r] = LD(rows[r], srows[r], k0 + kk);             \
+                transpose8(v);                                                                 \
+                for (int c = 0; c < 8; c++)                                                    \
+                    _mm256_storeu_ps(panel + (kk + c) * NR,                                    \
+                                     _mm256_and_ps(v[c], _mm256_castsi256_ps(keep)));          \
+            }                                                                                  \
+            for (int64_t kk = kc8; kk < kc; kk++)                                              \
+                for (int r = 0; r < 8; r++)                                                    \
+                    panel[kk * NR + r] = r < nv ? w_get(w->type, rows[r], k0 + kk) : 0.0f;     \
+        }                                                                                      \
+        /* a last half-empty panel: zero its upper 8 columns */                                \
+        int64_t cols = n1 - n0;                                                                \
+        if (cols % NR && cols % NR <= 8) {                                                     \
+            float *panel = out + (cols / NR) * kc * NR + 8;                                    \
+            for (int64_t kk = 0; kk < kc; kk++) memset(panel + kk * NR, 0, 8 * sizeof(float)); \
+        }                                                                                      \
+    }
+
+DEF_PACK(pack_f32, ld_f32)
+DEF_PACK(pack_f16, ld_f16)
+DEF_PACK(pack_bf16, ld_bf16)
+DEF_PACK(pack_q8, ld_q8)
+DEF_PACK(pack_q4, ld_q4)
+
+/* c[MR][NR] = sum over kk of a[r][kk] * b[kk][:] (a: MR row pointers, b: one packed panel). */
+static inline void micro_6x16(const float *const a[MR], const float *b, int64_t kc,
+                              float c[MR][NR]) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+    for (int64_t kk = 0; kk < kc; kk++, b += NR) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8), av;
+        av = _mm256_broadcast_ss(a0 + kk);
+        c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a1 + kk);
+        c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a2 + kk);
+        c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a3 + kk);
+        c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a4 + kk);
+        c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a5 + kk);
+        c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+    }
+    _mm256_storeu_ps(c[0], c00); _mm256_storeu_ps(c[0] + 8, c01);
+    _mm256_storeu_ps(c[1], c10); _mm256_storeu_ps(c[1] + 8, c11);
+    _mm256_storeu_ps(c[2], c20); _mm256_storeu_ps(c[2] + 8, c21);
+    _mm256_storeu_ps(c[3], c30); _mm256_storeu_ps(c[3] + 8, c31);
+    _mm256_storeu_ps(c[4], c40); _mm256_storeu_ps(c[4] + 8, c41);
+    _mm256_storeu_ps(c[5], c50); _mm256_storeu_ps(c[5] + 8, c51);
+}
+
+static void gemm_tile(const float *x, const kern_weight *w, const float *bias, float *y,
+                      int64_t i0, int64_t i1, int64_t n0, int64_t n1, float *work) {
+    const int64_t K = w->k, N = w->n;
+    for (int64_t k0 = 0; k0 < K; k0 += CPU_MM_KC) {
+        int64_t kc = K - k0 < CPU_MM_KC ? K - k0 : CPU_MM_KC;
+        switch (w->type) {
+        case KERN_W_F32: pack_f32(w, n0, n1, k0, kc, work); break;
+        case KERN_W_F16: pack_f16(w, n0, n1, k0, kc, work); break;
+        case KERN_W_BF16: pack_bf16(w, n0, n1, k0, kc, work); break;
+        case KERN_W_Q8: pack_q8(w, n0, n1, k0, kc, work); break;
+        case KERN_W_Q4: pack_q4(w, n0, n1, k0, kc, work); break;
+        }
+        for (int64_t i = i0; i < i1; i += MR) {
+            int64_t rows = i1 - i < MR ? i1 - i : MR;
+            const float *a[MR];
+            for (int r = 0; r < MR; r++) a[r] = x + (i + (r < rows ? r : rows - 1)) * K + k0;
+            for (int64_t jp = n0; jp < n1; jp += NR) {
+                int64_t cols = n1 - jp < NR ? n1 - jp : NR;
+                float c[MR][NR];
+                micro_6x16(a, work + ((jp - n0) / NR) * kc * NR, kc, c);
+                for (int64_t r = 0; r < rows; r++) {
+                    float *yr = y + (i + r) * N + jp;
+                    for (int64_t cc = 0; cc < cols; cc++)
+                        yr[cc] = k0 == 0 ? c[r][cc] : yr[cc] + c[r][cc];
+                }
+            }
+        }
+    }
+    if (bias)
+        for (int64_t i = i0; i < i1; i++)
+            for (int64_t j = n0; j < n1; j++) y[i * N + j] += bias[j];
+}
+
+static void avx2_matmul_tile(const float *x, const kern_weight *w, const float *bias, float *y,
+                             int64_t i0, int64_t i1, int64_t n0, int64_t n1, float *work) {
+    if (i1 - i0 > CPU_MM_SMALL_M) {
+        gemm_tile(x, w, bias, y, i0, i1, n0, n1, work);
+        return;
+    }
+    const float *xr = x + i0 * w->k;
+    float *yr = y + i0 * w->n;
+    switch (w->type) {
+    case KERN_W_F32: rowdot_f32(xr, i1 - i0, w, bias, yr, n0, n1); break;
+    case KERN_W_F16: rowdot_f16(xr, i1 - i0, w, bias, yr, n0, n1); break;
+    case KERN_W_BF16: rowdot_bf16(xr, i1 - i0, w, bias, yr, n0, n1); break;
+    case KERN_W_Q8: rowdot_q8(xr, i1 - i0, w, bias, yr, n0, n1); break;
+    case KERN_W_Q4: rowdot_q4(xr, i1 - i0, w, bias, yr, n0, n1); break;
+    }
+}
+
+/* ---- elementwise ----------------------------------------------------------------------------- */
+
+static void avx2_add(const float *a, const float *b, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    for (; i < n; i++) y[i] = a[i] + b[i];
+}
+
+static void avx2_scale(const float *x, float s, float *y, int64_t n) {
+    __m256 sv = _mm256_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(sv, _mm256_loadu_ps(x + i)));
+    for (; i < n; i++) y[i] = s * x[i];
+}
+
+/* x * Phi(x) with Phi from erfc(|x|/sqrt2) = t exp(-z^2 + P(t)), t = 1/(1 + z/2): the
+ * Chebyshev fit of Numerical Recipes' erfcc, relative error < 1.2e-7 everywhere, so the
+ * negative tail keeps its relative precision (no 1 + erf cancellation). */
+static inline __m256 gelu8(__m256 x) {
+    __m256 z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x),
+                             _mm256_set1_ps(0.70710678118654752f));
+    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                             _mm256_fmadd_ps(z, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
+    static const float c[10] = {-1.26551223f, 1.00002368f, 0.37409196f, 0.09678418f,
+                                -0.18628806f, 0.27886807f, -1.13520398f, 1.48851587f,
+                                -0.82215223f, 0.17087277f};
+    __m256 p = _mm256_set1_ps(c[9]);
+    for (int i = 8; i >= 0; i--) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c[i]));
+    __m256 erfc = _mm256_mul_ps(t, vexp(_mm256_fnmadd_ps(z, z, p)));
+    __m256 half = _mm256_mul_ps(_mm256_set1_ps(0.5f), erfc);              /* Phi(-|x|) */
+    __m256 phi = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), half), half, x);
+    return _mm256_mul_ps(x, phi);
+}
+
+static void avx2_gelu(const float *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, gelu8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        __m256i m = tail_mask(n - i);
+        _mm256_maskstore_ps(y + i, m, gelu8(_mm256_maskload_ps(x + i, m)));
+    }
+}
+
+/* 0.5 x (1 + tanh u) == x / (1 + e^(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3). */
+static inline __m256 gelu_tanh8(__m256 x) {
+    __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                             _mm256_fmadd_ps(x3, _mm256_set1_ps(0.044715f), x));
+    __m256 e = vexp(_mm256_mul_ps(u, _mm256_set1_ps(-2.0f)));
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+static void avx2_gelu_tanh(const float *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, gelu_tanh8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        __m256i m = tail_mask(n - i);
+        _mm256_maskstore_ps(y + i, m, gelu_tanh8(_mm256_maskload_ps(x + i, m)));
+    }
+}
+
+/* ---- row ops ------------------------------------------------------------------------------- */
+
+static float sum_row(const float *x, int64_t n) {
+    __m256 a = _mm256_setzero_ps(), b = a;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a = _mm256_add_ps(a, _mm256_loadu_ps(x + i));
+        b = _mm256_add_ps(b, _mm256_loadu_ps(x + i + 8));
+    }
+    for (; i + 8 <= n; i += 8) a = _mm256_add_ps(a, _mm256_loadu_ps(x + i));
+    if (i < n) b = _mm256_add_ps(b, _mm256_maskload_ps(x + i, tail_mask(n - i)));
+    return hsum(_mm256_add_ps(a, b));
+}
+
+/* sum over i of (x[i] - c)^2 */
+static float sumsq_row(const float *x, int64_t n, float c) {
+    __m256 a = _mm256_setzero_ps(), b = a, cv = _mm256_set1_ps(c);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), cv);
+        __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), cv);
+        a = _mm256_fmadd_ps(d0, d0, a);
+        b = _mm256_fmadd_ps(d1, d1, b);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), cv);
+        a = _mm256_fmadd_ps(d, d, a);
+    }
+    if (i < n) {
+        __m256i m = tail_mask(n - i);
+        __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), cv),
+                                 _mm256_castsi256_ps(m));
+        b = _mm256_fmadd_ps(d, d, b);
+    }
+    return hsum(_mm256_add_ps(a, b));
+}
+
+/* y = (x - shift) * mul * w + b, w/b optional (NULL = 1/0). */
+static void norm_apply(const float *x, float *y, int64_t n, float shift, float mul,
+                       const float *w, const float *b) {
+    __m256 sv = _mm256_set1_ps(shift), mv = _mm256_set1_ps(mul), one = _mm256_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i < 8 ? n - i : 8);
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), sv), mv);
+        __m256 wv = w ? _mm256_maskload_ps(w + i, m) : one;
+        __m256 bv = b ? _mm256_maskload_ps(b + i, m) : _mm256_setzero_ps();
+        _mm256_maskstore_ps(y + i, m, _mm256_fmadd_ps(v, wv, bv));
+    }
+}
+
+static void avx2_layernorm_row(const float *x, float *y, int64_t n, const float *w,
+                               const float *b, float eps) {
+    float mean = sum_row(x, n) / (float)n;
+    float var = sumsq_row(x, n, mean) / (float)n;
+    norm_apply(x, y, n, mean, 1.0f / sqrtf(var + eps), w, b);
+}
+
+static void avx2_rmsnorm_row(const float *x, float *y, int64_t n, const float *w, float eps) {
+    float ms = sumsq_row(x, n, 0.0f) / (float)n;
+    norm_apply(x, y, n, 0.0f, 1.0f / sqrtf(ms + eps), w, NULL);
+}
+
+static float max_row(const float *x, int64_t n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    float r = hmax(m);
+    for (; i < n; i++) r = fmaxf(r, x[i]);
+    return r;
+}
+
+/* y = exp(x - mx) for n elements; returns their sum. */
+static float exp_row(const float *x, float *y, int64_t n, float mx) {
+    __m256 mv = _mm256_set1_ps(mx), s = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i < 8 ? n - i : 8);
+        __m256 e = _mm256_and_ps(vexp(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mv)),
+                                 _mm256_castsi256_ps(m));
+        _mm256_maskstore_ps(y + i, m, e);
+        s = _mm256_add_ps(s, e);
+    }
+    return hsum(s);
+}
+
+static void avx2_softmax_row(const float *x, float *y, int64_t n) {
+    float mx = max_row(x, n);
+    if (mx == -INFINITY) {
+        memset(y, 0, (size_t)n * sizeof *y);
+        return;
+    }
+    float sum = exp_row(x, y, n, mx);
+    avx2_scale(y, 1.0f / sum, y, n);
+}
+
+/* ---- attention ----------------------------------------------------------------------------- */
+
+static inline float dot_d(const float *a, const float *b, int64_t d) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i < d; i += 8) {
+        __m256i m = tail_mask(d - i < 8 ? d - i : 8);
+        s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), s0);
+    }
+    return hsum(_mm256_add_ps(s0, s1));
+}
+
+/* acc[0:d] = acc * c + p * v (masked at the tail; acc has room for a whole last vector). */
+static inline void axpby_d(float *acc, float c, float p, const float *v, int64_t d) {
+    __m256 cv = _mm256_set1_ps(c), pv = _mm256_set1_ps(p);
+    for (int64_t i = 0; i < d; i += 8) {
+        __m256i m = tail_mask(d - i < 8 ? d - i : 8);
+        __m256 a = _mm256_mul_ps(_mm256_load_ps(acc + i), cv);
+        _mm256_store_ps(acc + i, _mm256_fmadd_ps(pv, _mm256_maskload_ps(v + i, m), a));
+    }
+}
+
+#define ATT_KBLK 64
+
+/* One query row: online softmax over blocks of ATT_KBLK keys (running max m and sum l; the
+ * accumulator is rescaled when the max grows), so no scratch proportional to nk. */
+static void avx2_attn_row(const float *q, const float *k, int64_t ldk, const float *v,
+                          int64_t ldv, int64_t nk, int64_t d, float scale, float *out) {
+    _Alignas(32) float acc[KERN_MAX_HEAD_DIM + 8];
+    _Alignas(32) float s[ATT_KBLK];
+    memset(acc, 0, sizeof acc);
+    float m = -INFINITY, l = 0;
+    for (int64_t j0 = 0; j0 < nk; j0 += ATT_KBLK) {
+        int64_t b = nk - j0 < ATT_KBLK ? nk - j0 : ATT_KBLK;
+        for (int64_t j = 0; j < b; j++) s[j] = scale * dot_d(q, k + (j0 + j) * ldk, d);
+        float bm = max_row(s, b);
+        float corr = 1.0f;
+        if (bm > m) {
+            corr = m == -INFINITY ? 0.0f : expf(m - bm);
+            m = bm;
+        }
+        l = l * corr + exp_row(s, s, b, m);
+        for (int64_t j = 0; j < b; j++) {
+            axpby_d(acc, corr, s[j], v + (j0 + j) * ldv, d);
+            corr = 1.0f;
+        }
+    }
+    float inv = nk > 0 && l > 0 ? 1.0f / l : 0.0f;
+    for (int64_t i = 0; i < d; i += 8) {
+        __m256i msk = tail_mask(d - i < 8 ? d - i : 8);
+        _mm256_maskstore_ps(out + i, msk, _mm256_mul_ps(_mm256_load_ps(acc + i), _mm256_set1_ps(inv)));
+    }
+}
+
+const cpu_isa cpu_isa_avx2_table = {
+    .name = "avx2", .matmul_tile = avx2_matmul_tile, .layernorm_row = avx2_layernorm_row,
+    .rmsnorm_row = avx2_rmsnorm_row, .gelu = avx2_gelu, .gelu_tanh = avx2_gelu_tanh,
+    .softmax_row = avx2_softmax_row, .attn_row = avx2_attn_row, .add = avx2_add,
+    .scale = avx2_scale,
+};
+
+#else  /* not x86-64: no AVX2 kernels */
+
+const cpu_isa *cpu_isa_avx2(void) { return NULL; }
+
+#endif

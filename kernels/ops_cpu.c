@@ -1,0 +1,329 @@
+/* The CPU backend: splits each op into tasks over a thread pool and runs the ISA's inner
+ * kernels on them. The task split depends only on the op's sizes (never on the thread count or
+ * the ISA), and every output element is written by exactly one task, so results are bitwise
+ * identical for any number of threads. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_features.h"
+#include "err.h"
+#include "ops_backend.h"
+#include "ops_cpu.h"
+#include "pool.h"
+
+typedef struct {
+    const cpu_isa *isa;
+    pool *pool;
+    int n_threads;
+    float *work;            /* n_threads * CPU_WORK_FLOATS, 64-byte aligned */
+} cpu_be;
+
+static cpu_be *cpu_of(kern_be *be) { return (cpu_be *)be->impl; }
+
+static float *cpu_work(cpu_be *c, int thread) { return c->work + (int64_t)thread * CPU_WORK_FLOATS; }
+
+static int64_t cpu_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* ---- matmul ------------------------------------------------------------------------------ */
+
+typedef struct {
+    cpu_be *c;
+    const float *x, *bias;
+    const kern_weight *w;
+    float *y;
+    int64_t m, n_mblk, n_nblk, mc, nc;
+} cpu_mm_job;
+
+static void cpu_mm_task(void *ctx, int64_t task, int thread) {
+    cpu_mm_job *j = ctx;
+    int64_t mb = task / j->n_nblk, nb = task % j->n_nblk;
+    int64_t i0 = mb * j->mc, i1 = i0 + j->mc < j->m ? i0 + j->mc : j->m;
+    int64_t n0 = nb * j->nc, n1 = n0 + j->nc < j->w->n ? n0 + j->nc : j->w->n;
+    j->c->isa->matmul_tile(j->x, j->w, j->bias, j->y, i0, i1, n0, n1, cpu_work(j->c, thread));
+}
+
+static int cpu_matmul(kern_be *be, const float *x, int64_t m, const kern_weight *w,
+                      const float *bias, float *y) {
+    cpu_mm_job j = {.c = cpu_of(be), .x = x, .bias = bias, .w = w, .y = y, .m = m};
+    if (m <= CPU_MM_SMALL_M) {          /* decode: stream W once, split over N */
+        j.mc = m;
+        j.nc = CPU_MM_NCHUNK;
+    } else {                            /* prefill / encode: M x N tiles */
+        j.mc = CPU_MM_MC;
+        j.nc = CPU_MM_NC;
+    }
+    j.n_mblk = cpu_cdiv(m, j.mc);
+    j.n_nblk = cpu_cdiv(w->n, j.nc);
+    pool_run(j.c->pool, j.n_mblk * j.n_nblk, cpu_mm_task, &j);
+    return TV_OK;
+}
+
+/* ---- elementwise ------------------------------------------------------------------------- */
+
+#define CPU_EW_CHUNK 16384   /* elements per task */
+
+typedef struct {
+    cpu_be *c;
+    int op;                  /* 0 add, 1 scale, 2 gelu, 3 gelu_tanh */
+    const float *a, *b;
+    float s;
+    float *y;
+    int64_t n;
+} cpu_ew_job;
+
+static void cpu_ew_task(void *ctx, int64_t task, int thread) {
+    cpu_ew_job *j = ctx;
+    int64_t o = task * CPU_EW_CHUNK, len = j->n - o < CPU_EW_CHUNK ? j->n - o : CPU_EW_CHUNK;
+    const cpu_isa *isa = j->c->isa;
+    switch (j->op) {
+    case 0: isa->add(j->a + o, j->b + o, j->y + o, len); break;
+    case 1: isa->scale(j->a + o, j->s, j->y + o, len); break;
+    case 2: isa->gelu(j->a + o, j->y + o, len); break;
+    default: isa->gelu_tanh(j->a + o, j->y + o, len); break;
+    }
+}
+
+static int cpu_ew(kern_be *be, int op, const float *a, const float *b, float s, float *y,
+                  int64_t n) {
+    cpu_ew_job j = {.c = cpu_of(be), .op = op, .a = a, .b = b, .s = s, .y = y, .n = n};
+    pool_run(j.c->pool, cpu_cdiv(n, CPU_EW_CHUNK), cpu_ew_task, &j);
+    return TV_OK;
+}
+
+static int cpu_add(kern_be *be, const float *a, const float *b, float *y, int64_t n) {
+    return cpu_ew(be, 0, a, b, 0, y, n);
+}
+static int cpu_scale(kern_be *be, const float *x, float s, float *y, int64_t n) {
+    return cpu_ew(be, 1, x, NULL, s, y, n);
+}
+static int cpu_gelu(kern_be *be, const float *x, float *y, int64_t n) {
+    return cpu_ew(be, 2, x, NULL, 0, y, n);
+}
+static int cpu_gelu_tanh(kern_be *be, const float *x, float *y, int64_t n) {
+    return cpu_ew(be, 3, x, NULL, 0, y, n);
+}
+
+/* ---- row ops: add_bias, norms, softmax ---------------------------------------------------- */
+
+typedef struct {
+    cpu_be *c;
+    int op;                  /* 0 layernorm, 1 rmsnorm, 2 softmax, 3 add_bias */
+    const float *x, *w, *b;
+    float *y;
+    int64_t ldx, ldy, rows, groups, n, rows_per_task;
+    float eps;
+} cpu_row_job;
+
+static void cpu_row_task(void *ctx, int64_t task, int thread) {
+    cpu_row_job *j = ctx;
+    const cpu_isa *isa = j->c->isa;
+    int64_t r0 = task * j->rows_per_task;
+    int64_t r1 = r0 + j->rows_per_task < j->rows ? r0 + j->rows_per_task : j->rows;
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t g = 0; g < j->groups; g++) {
+            const float *x = j->x + r * j->ldx + g * j->n;
+            float *y = j->y + r * j->ldy + g * j->n;
+            switch (j->op) {
+            case 0: isa->layernorm_row(x, y, j->n, j->w, j->b, j->eps); break;
+            case 1: isa->rmsnorm_row(x, y, j->n, j->w, j->eps); break;
+            case 2: isa->softmax_row(x, y, j->n); break;
+            default: isa->add(x, j->b, y, j->n); break;
+            }
+        }
+}
+
+static int cpu_rows(cpu_row_job *j) {
+    int64_t per_row = j->groups * j->n;
+    j->rows_per_task = per_row >= 4096 ? 1 : cpu_cdiv(4096, per_row);
+    pool_run(j->c->pool, cpu_cdiv(j->rows, j->rows_per_task), cpu_row_task, j);
+    return TV_OK;
+}
+
+static int cpu_add_bias(kern_be *be, float *y, int64_t rows, int64_t n, const float *bias) {
+    cpu_row_job j = {.c = cpu_of(be), .op = 3, .x = y, .b = bias, .y = y, .ldx = n, .ldy = n,
+                     .rows = rows, .groups = 1, .n = n};
+    return cpu_rows(&j);
+}
+
+static int cpu_layernorm(kern_be *be, const float *x, int64_t ldx, float *y, int64_t ldy,
+                         int64_t rows, int64_t groups, int64_t n, const float *w, const float *b,
+                         float eps) {
+    cpu_row_job j = {.c = cpu_of(be), .op = 0, .x = x, .w = w, .b = b, .y = y, .ldx = ldx,
+                     .ldy = ldy, .rows = rows, .groups = groups, .n = n, .eps = eps};
+    return cpu_rows(&j);
+}
+
+static int cpu_rmsnorm(kern_be *be, const float *x, int64_t ldx, float *y, int64_t ldy,
+                       int64_t rows, int64_t groups, int64_t n, const float *w, float eps) {
+    cpu_row_job j = {.c = cpu_of(be), .op = 1, .x = x, .w = w, .y = y, .ldx = ldx, .ldy = ldy,
+                     .rows = rows, .groups = groups, .n = n, .eps = eps};
+    return cpu_rows(&j);
+}
+
+static int cpu_softmax(kern_be *be, const float *x, float *y, int64_t rows, int64_t n,
+                       int64_t ld) {
+    cpu_row_job j = {.c = cpu_of(be), .op = 2, .x = x, .y = y, .ldx = ld, .ldy = ld,
+                     .rows = rows, .groups = 1, .n = n};
+    return cpu_rows(&j);
+}
+
+/* ---- rope (scalar for every ISA: it is a tiny share of the time) -------------------------- */
+
+static int cpu_rope(kern_be *be, float *x, int64_t ld, int64_t t, int64_t heads, int64_t dim,
+                    int64_t rot_dims, const int32_t *pos, float theta) {
+    int64_t half = rot_dims / 2;
+    float inv_freq[KERN_MAX_HEAD_DIM], cs[KERN_MAX_HEAD_DIM], sn[KERN_MAX_HEAD_DIM];
+    /* As torch: inv_freq = 1 / theta ** (arange(0, rot, 2).float() / rot), all in fp32. */
+    for (int64_t i = 0; i < half; i++)
+        inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)rot_dims);
+    for (int64_t tok = 0; tok < t; tok++) {
+        for (int64_t i = 0; i < half; i++) {
+            float ang = (float)pos[tok] * inv_freq[i];
+            cs[i] = cosf(ang);
+            sn[i] = sinf(ang);
+        }
+        for (int64_t h = 0; h < heads; h++) {
+            float *v = x + tok * ld + h * dim;
+            for (int64_t i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * cs[i] - b * sn[i];          /* x*cos + rotate_half(x)*sin */
+                v[i + half] = b * cs[i] + a * sn[i];
+            }
+        }
+    }
+    return TV_OK;
+}
+
+/* ---- attention --------------------------------------------------------------------------- */
+
+#define CPU_ATT_QBLK 16      /* query rows per task */
+
+typedef struct {
+    cpu_be *c;
+    const kern_attn *a;
+    int64_t n_qblk;
+} cpu_att_job;
+
+static void cpu_att_task(void *ctx, int64_t task, int thread) {
+    cpu_att_job *j = ctx;
+    const kern_attn *a = j->a;
+    int64_t h = task / j->n_qblk, qb = task % j->n_qblk;
+    int64_t kh = h / (a->heads / a->kv_heads);
+    int64_t i1 = (qb + 1) * CPU_ATT_QBLK < a->tq ? (qb + 1) * CPU_ATT_QBLK : a->tq;
+    for (int64_t i = qb * CPU_ATT_QBLK; i < i1; i++) {
+        int64_t nk = a->tk;
+        if (a->causal) {
+            nk = i + (a->tk - a->tq) + 1;
+            nk = nk < 0 ? 0 : nk > a->tk ? a->tk : nk;
+        }
+        j->c->isa->attn_row(a->q + i * a->ldq + h * a->dim, a->k + kh * a->dim, a->ldk,
+                            a->v + kh * a->dim, a->ldv, nk, a->dim, a->scale,
+                            a->out + i * a->ldo + h * a->dim);
+    }
+}
+
+static int cpu_attention(kern_be *be, const kern_attn *a) {
+    cpu_att_job j = {.c = cpu_of(be), .a = a, .n_qblk = cpu_cdiv(a->tq, CPU_ATT_QBLK)};
+    pool_run(j.c->pool, a->heads * j.n_qblk, cpu_att_task, &j);
+    return TV_OK;
+}
+
+typedef struct {
+    cpu_be *c;
+    const float *q;
+    const kern_kv *kv;
+    float *out;
+    int64_t ldq, ldo, heads, kv_heads, dim;
+    float scale;
+} cpu_dec_job;
+
+static void cpu_dec_task(void *ctx, int64_t task, int thread) {
+    cpu_dec_job *j = ctx;
+    int64_t s = task / j->heads, h = task % j->heads, kh = h / (j->heads / j->kv_heads);
+    const kern_kv *kv = &j->kv[s];
+    j->c->isa->attn_row(j->q + s * j->ldq + h * j->dim, kv->k + kh * j->dim, kv->ld,
+                        kv->v + kh * j->dim, kv->ld, kv->len, j->dim, j->scale,
+                        j->out + s * j->ldo + h * j->dim);
+}
+
+static int cpu_attn_decode(kern_be *be, int64_t n_seq, const float *q, int64_t ldq,
+                           const kern_kv *kv, int64_t heads, int64_t kv_heads, int64_t dim,
+                           float scale, float *out, int64_t ldo) {
+    cpu_dec_job j = {.c = cpu_of(be), .q = q, .kv = kv, .out = out, .ldq = ldq, .ldo = ldo,
+                     .heads = heads, .kv_heads = kv_heads, .dim = dim, .scale = scale};
+    pool_run(j.c->pool, n_seq * heads, cpu_dec_task, &j);
+    return TV_OK;
+}
+
+/* ---- embedding --------------------------------------------------------------------------- */
+
+static int cpu_embed(kern_be *be, const void *table, dtype_id dt, int64_t vocab, int64_t dim,
+                     const int32_t *ids, int64_t n, float *out) {
+    size_t es = dtype_size(dt);
+    for (int64_t i = 0; i < n; i++)
+        dtype_to_f32(dt, (const char *)table + (size_t)ids[i] * (size_t)dim * es, out + i * dim,
+                     (size_t)dim);
+    return TV_OK;
+}
+
+/* ---- the backend ------------------------------------------------------------------------- */
+
+static void cpu_free(kern_be *be) {
+    cpu_be *c = cpu_of(be);
+    pool_free(c->pool);
+    free(c->work);
+    free(c);
+    free(be);
+}
+
+static const kern_ops cpu_ops = {
+    .matmul = cpu_matmul, .add = cpu_add, .scale = cpu_scale, .add_bias = cpu_add_bias,
+    .layernorm = cpu_layernorm, .rmsnorm = cpu_rmsnorm, .gelu = cpu_gelu,
+    .gelu_tanh = cpu_gelu_tanh, .softmax = cpu_softmax, .rope = cpu_rope,
+    .attention = cpu_attention, .attn_decode = cpu_attn_decode, .embed = cpu_embed,
+    .free = cpu_free,
+};
+
+static int cpu_pick_isa(int isa, const cpu_isa **out) {
+    const cpu_features *f = cpu_get_features();
+    int has_avx2 = f->avx2 && f->fma && f->f16c && cpu_isa_avx2() != NULL;
+    switch (isa) {
+    case KERN_ISA_AUTO: *out = has_avx2 ? cpu_isa_avx2() : &cpu_isa_ref; return TV_OK;
+    case KERN_ISA_REF: *out = &cpu_isa_ref; return TV_OK;
+    case KERN_ISA_AVX2:
+        if (!has_avx2) return err_set(TV_EUNSUPPORTED, "kern: this CPU has no AVX2+FMA+F16C");
+        *out = cpu_isa_avx2();
+        return TV_OK;
+    }
+    return err_set(TV_EINVAL, "kern: unknown ISA %d", isa);
+}
+
+int kern_cpu_new(int n_threads, int isa, kern_be **out) {
+    *out = NULL;
+    const cpu_isa *k = NULL;
+    int rc = cpu_pick_isa(isa, &k);
+    if (rc) return rc;
+    if (n_threads <= 0) n_threads = cpu_get_features()->n_cores;
+    if (n_threads > 1024) return err_set(TV_EINVAL, "kern: %d threads is too many", n_threads);
+    cpu_be *c = tv_xcalloc(1, sizeof *c);
+    c->isa = k;
+    c->n_threads = n_threads;
+    if (n_threads > 1 && !(c->pool = pool_new(n_threads))) {
+        free(c);
+        return err_wrap(TV_EINTERNAL, "kern");
+    }
+    size_t bytes = (size_t)n_threads * CPU_WORK_FLOATS * sizeof(float);
+    if (posix_memalign((void **)&c->work, 64, bytes) != 0) {
+        pool_free(c->pool);
+        free(c);
+        return err_set(TV_ENOMEM, "kern: cannot allocate %zu bytes of scratch", bytes);
+    }
+    kern_be *be = tv_xcalloc(1, sizeof *be);
+    be->ops = &cpu_ops;
+    be->impl = c;
+    snprintf(be->name, sizeof be->name, "cpu-%s x%d", k->name, n_threads);
+    *out = be;
+    return TV_OK;
+}
