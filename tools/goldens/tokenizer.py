@@ -320,9 +320,26 @@ def legacy_tokenizer(rng):
     trainer = trainers.BpeTrainer(vocab_size=400, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([sentence(rng) for _ in range(3000)], trainer=trainer)
+    # Added tokens with the flags Phi-2 leaves off, to pin down HF's lstrip/rstrip/single_word.
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True),
+                            AddedToken("[SEP]", rstrip=True, normalized=False, special=True)])
+    tok.add_tokens([AddedToken("cat", single_word=True), AddedToken("dog", single_word=True,
+                    lstrip=True, rstrip=True), AddedToken("é!", normalized=False),
+                    AddedToken("wörd", single_word=True, normalized=False)])
     cfg = json.loads(tok.to_str())
     cfg["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in cfg["model"]["merges"]]
     return json.dumps(cfg, ensure_ascii=False, separators=(",", ":"))
+
+
+def flag_strings(rng):
+    """Text around the legacy tokenizer's flagged added tokens."""
+    bits = ["<mask>", "[SEP]", "cat", "dog", "é!", "wörd", "the", "x", "_", "1", "é", " ",
+            "　", " ", "  ", "\t", "\n", "!", "-", "concat", "cats", "hotdog", "ünicat"]
+    out = ["the cat sat", "concatenate", "cat_dog", "  <mask>  x", "[SEP]   y", "dog", "é!é!",
+           "catcat", "cat", " cat ", "a dog b", "a  dog  b", "\tdog\n", "wörd wörds", "xwörd"]
+    while len(out) < 300:
+        out.append("".join(rng.choice(bits) for _ in range(rng.randint(1, 10))))
+    return out
 
 
 def main(out_dir: pathlib.Path):
@@ -351,7 +368,7 @@ def main(out_dir: pathlib.Path):
     legacy = legacy_tokenizer(rng)
     (out_dir / "legacy.json").write_text(legacy, encoding="utf-8")
     ltok = Tokenizer.from_str(legacy)
-    write_cases(out_dir / "cases_legacy.bin", ltok, rng.sample(texts, 300))
+    write_cases(out_dir / "cases_legacy.bin", ltok, rng.sample(texts, 300) + flag_strings(rng))
     total = sum(p.stat().st_size for p in out_dir.iterdir())
     print(f"tokenizer goldens: {len(texts)} strings, {total} bytes in {out_dir}", file=sys.stderr)
 
