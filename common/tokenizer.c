@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -322,7 +323,28 @@ typedef struct {
 typedef struct {
     trie_node *nodes; /* nodes[0] is the root; empty trie when n <= 1 */
     size_t n, cap;
+    uint8_t first[256]; /* bytes some token starts with: most positions are skipped with this */
 } trie;
+
+/* BPE results of short words, shared by all threads: HF keeps such a cache too, and most words
+ * of a text repeat. Sharded, each shard a direct-mapped table behind its own mutex, so threads
+ * rarely wait and the memory is fixed (about 4.5 MB, touched only as it fills). */
+#define CACHE_SHARDS 64
+#define CACHE_SLOTS 1024 /* per shard */
+#define CACHE_KEY 24     /* longest word cached, in bytes */
+#define CACHE_IDS 8      /* most ids a cached result has */
+
+typedef struct {
+    uint64_t hash;
+    uint8_t klen, nids; /* klen 0: empty slot */
+    char key[CACHE_KEY];
+    int32_t ids[CACHE_IDS];
+} cache_slot;
+
+typedef struct {
+    pthread_mutex_t mu;
+    cache_slot *slots;
+} cache_shard;
 
 struct tokenizer {
     tok_entry *ent; /* [n_ids] */
@@ -337,6 +359,7 @@ struct tokenizer {
     uint8_t fuse_unk, ignore_merges, add_prefix_space, use_regex, any_single_word;
     pcre2_code *re, *word_re;
     arena_blk *arena;
+    cache_shard *cache; /* [CACHE_SHARDS]; the one thing that changes after loading */
 };
 
 static tokenizer *tok_alloc(void) {
@@ -358,6 +381,11 @@ void tok_free(tokenizer *t) {
     pcre2_code_free(t->re);
     pcre2_code_free(t->word_re);
     arena_free(t->arena);
+    for (int i = 0; t->cache && i < CACHE_SHARDS; i++) {
+        pthread_mutex_destroy(&t->cache[i].mu);
+        free(t->cache[i].slots);
+    }
+    free(t->cache);
     free(t);
 }
 
@@ -458,6 +486,7 @@ static void trie_insert(trie *tr, const char *s, size_t n, int32_t added) {
         cur = k;
     }
     if (tr->nodes[cur].added < 0) tr->nodes[cur].added = added;
+    if (n) tr->first[(uint8_t)s[0]] = 1;
 }
 
 /* Longest added token that starts at s[0..n); returns its index in t->added or -1. */
@@ -528,6 +557,11 @@ static int finish(tokenizer *t) {
     }
     if (t->use_regex && !(t->re = compile_re(TOK_REGEX))) return TV_EINTERNAL;
     if (t->any_single_word && !(t->word_re = compile_re(TOK_WORD_REGEX))) return TV_EINTERNAL;
+    t->cache = tv_xcalloc(CACHE_SHARDS, sizeof *t->cache);
+    for (int i = 0; i < CACHE_SHARDS; i++) {
+        TV_ASSERT(pthread_mutex_init(&t->cache[i].mu, NULL) == 0);
+        t->cache[i].slots = tv_xcalloc(CACHE_SLOTS, sizeof(cache_slot));
+    }
     return 0;
 }
 
@@ -902,11 +936,13 @@ static int32_t whole_word_id(enc_state *st, const uint8_t *w, size_t n) {
 
 /* BPE on one pre-token: repeatedly merges the adjacent pair of lowest rank (leftmost first),
  * which is the order HF's priority queue gives. */
-static void bpe_word(enc_state *st, const uint8_t *w, size_t n) {
-    if (n == 0) return;
+static void bpe_merge(enc_state *st, const uint8_t *w, size_t n) {
     if (st->t->ignore_merges) {
         int32_t id = whole_word_id(st, w, n);
-        if (id >= 0) return emit(st, id);
+        if (id >= 0) {
+            emit(st, id);
+            return;
+        }
     }
     size_t k = bpe_symbols(st, w, n);
     st->heap_n = 0;
@@ -928,6 +964,40 @@ static void bpe_word(enc_state *st, const uint8_t *w, size_t n) {
         push_pair(st, it.pos);
     }
     for (int32_t i = k ? 0 : -1; i >= 0; i = s[i].next) emit(st, s[i].id);
+}
+
+/* bpe_merge through the shared cache (words of 2..CACHE_KEY bytes). */
+static void bpe_word(enc_state *st, const uint8_t *w, size_t n) {
+    if (n < 2 || n > CACHE_KEY) {
+        if (n) bpe_merge(st, w, n);
+        return;
+    }
+    uint64_t h = hash_bytes((const char *)w, n);
+    cache_shard *sh = &st->t->cache[h % CACHE_SHARDS];
+    cache_slot *slot = &sh->slots[(h / CACHE_SHARDS) % CACHE_SLOTS];
+    int32_t ids[CACHE_IDS];
+    int nids = -1;
+    pthread_mutex_lock(&sh->mu);
+    if (slot->hash == h && slot->klen == n && memcmp(slot->key, w, n) == 0) {
+        nids = slot->nids;
+        memcpy(ids, slot->ids, (size_t)nids * sizeof *ids);
+    }
+    pthread_mutex_unlock(&sh->mu);
+    if (nids >= 0) {
+        for (int i = 0; i < nids; i++) emit(st, ids[i]);
+        return;
+    }
+    size_t before = st->n;
+    bpe_merge(st, w, n);
+    size_t got = st->n - before;
+    if (got > CACHE_IDS) return;
+    pthread_mutex_lock(&sh->mu);
+    slot->hash = h;
+    slot->klen = (uint8_t)n;
+    slot->nids = (uint8_t)got;
+    memcpy(slot->key, w, n);
+    memcpy(slot->ids, st->ids + before, got * sizeof *st->ids);
+    pthread_mutex_unlock(&sh->mu);
 }
 
 /* The GPT-2 regex over one stretch of text free of added tokens; each piece goes through BPE. */
@@ -1012,6 +1082,8 @@ static int split_added(enc_state *st, const char *s, size_t n, int pass) {
     size_t done = 0, i = 0;
     int rc = 0;
     while (i < n && !rc) {
+        while (i < n && !tr->first[(uint8_t)s[i]]) i++;
+        if (i == n) break;
         size_t mlen = 0;
         int32_t k = trie_longest(tr, s + i, n - i, &mlen);
         if (k < 0) {
