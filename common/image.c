@@ -327,7 +327,7 @@ int img_probe(const void *buf, size_t len, const img_limits *lim, img_format *fm
         tjDestroy(tj);
     } else {
         spng_ctx *ctx = NULL;
-        struct spng_ihdr ih;
+        struct spng_ihdr ih = {0};
         rc = png_open(buf, len, lim, &ctx, &ih);
         w = (int)ih.width;
         h = (int)ih.height;
@@ -447,21 +447,33 @@ static void rs_horizontal(const uint8_t *src, int sw, int y0, int rows, uint8_t 
     }
 }
 
-/* Vertical pass: src has width w; row taps are relative to src's first row (already shifted). */
+/* Vertical pass: src has width w; row taps are relative to src's first row (already shifted).
+ * Accumulates whole rows (x innermost) so the compiler vectorises it; acc holds w*3 int32. */
 static void rs_vertical(const uint8_t *src, int w, uint8_t *dst, int dh, const rs_coeffs *c,
-                        int shift) {
+                        int shift, int32_t *acc) {
     size_t rowb = (size_t)w * 3;
     for (int y = 0; y < dh; y++) {
         const int32_t *k = c->w + (size_t)y * c->ksize;
         const uint8_t *base = src + (size_t)(c->first[y] - shift) * rowb;
-        uint8_t *o = dst + (size_t)y * rowb;
-        for (size_t x = 0; x < rowb; x++) {
-            int32_t s = 1 << (RS_PRECISION - 1);
-            const uint8_t *p = base + x;
-            for (int t = 0; t < c->count[y]; t++, p += rowb) s += *p * k[t];
-            o[x] = rs_clip(s);
+        for (size_t x = 0; x < rowb; x++) acc[x] = 1 << (RS_PRECISION - 1);
+        for (int t = 0; t < c->count[y]; t++) {
+            const uint8_t *p = base + (size_t)t * rowb;
+            int32_t kt = k[t];
+            for (size_t x = 0; x < rowb; x++) acc[x] += p[x] * kt;
         }
+        uint8_t *o = dst + (size_t)y * rowb;
+        for (size_t x = 0; x < rowb; x++) o[x] = rs_clip(acc[x]);
     }
+}
+
+/* Runs the vertical pass with its own accumulator row. */
+static int rs_vertical_run(const uint8_t *src, int w, uint8_t *dst, int dh, const rs_coeffs *c,
+                           int shift) {
+    int32_t *acc = malloc(sizeof(int32_t) * (size_t)w * 3);
+    if (!acc) return err_set(TV_ENOMEM, "image: cannot allocate a resize row of width %d", w);
+    rs_vertical(src, w, dst, dh, c, shift, acc);
+    free(acc);
+    return TV_OK;
 }
 
 /* Vertical pass over the full width into iw x out_h, then horizontal (out_h < ih here). */
@@ -471,7 +483,7 @@ static int resize_vertical_first(const img_rgb *in, int out_w, int out_h, img_rg
     uint8_t *tmp = NULL, *dst = NULL;
     if ((rc = rs_coeffs_make(in->height, out_h, &cv)) != 0) return rc;
     if ((rc = alloc_pixels(iw, out_h, 3, &tmp)) != 0) goto done;
-    rs_vertical(in->rgb, iw, tmp, out_h, &cv, 0);
+    if ((rc = rs_vertical_run(in->rgb, iw, tmp, out_h, &cv, 0)) != 0) goto done;
     if ((rc = alloc_pixels(out_w, out_h, 3, &dst)) != 0) goto done;
     if (out_w != iw) {
         if ((rc = rs_coeffs_make(iw, out_w, &ch)) != 0) goto done;
@@ -519,10 +531,11 @@ int img_resize_bicubic(const img_rgb *in, int out_w, int out_h, img_rgb *out) {
         shift = y_first;
     }
     if ((rc = alloc_pixels(out_w, out_h, 3, &dst)) != 0) goto done;
-    if (out_h != ih)
-        rs_vertical(mid, out_w, dst, out_h, &cv, shift);
-    else /* no vertical change: the rows are the (possibly horizontally resampled) input */
+    if (out_h != ih) {
+        if ((rc = rs_vertical_run(mid, out_w, dst, out_h, &cv, shift)) != 0) goto done;
+    } else { /* no vertical change: the rows are the (possibly horizontally resampled) input */
         memcpy(dst, mid, (size_t)out_w * (size_t)out_h * 3);
+    }
     out->width = out_w;
     out->height = out_h;
     out->rgb = dst;
