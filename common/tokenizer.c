@@ -11,7 +11,7 @@
 #include "err.h"
 #include "mapfile.h"
 
-#define TOK_MAX_ID (1 << 24)                  /* ids beyond this are a broken file, not a model */
+#define TOK_MAX_ID (1 << 21) /* real vocabularies stay under 300k; this caps the id table */
 #define TOK_MAX_FILE ((size_t)512 << 20)      /* tokenizer.json / vocab.json / merges.txt */
 
 /* =============================================================================================
@@ -404,11 +404,19 @@ static void ensure_ids(tokenizer *t, int32_t id) {
     t->n_ids = n;
 }
 
+/* Every string we match against text must be valid UTF-8: the regex runs without re-checking. */
+static int check_utf8(const char *s, size_t n, const char *what) {
+    size_t bad = u8_invalid_at((const uint8_t *)s, n);
+    if (bad < n) return err_set(TV_EFORMAT, "%s '%s' is not valid UTF-8 (byte %zu)", what, s, bad);
+    return 0;
+}
+
 static int vocab_add(tokenizer *t, const char *piece, double idv) {
+    size_t n = strlen(piece);
     int rc = check_id(idv, "vocab token", piece);
+    if (!rc) rc = check_utf8(piece, n, "vocab token");
     if (rc) return rc;
     int32_t id = (int32_t)idv;
-    size_t n = strlen(piece);
     ensure_ids(t, id);
     if (t->ent[id].in_model)
         return err_set(TV_EFORMAT, "vocab: id %d given to both '%s' and '%s'", id,
@@ -440,10 +448,11 @@ static int merge_add(tokenizer *t, const char *a, size_t na, const char *b, size
 }
 
 static int added_add(tokenizer *t, const char *content, double idv, const tok_added *flags) {
+    size_t n = strlen(content);
     int rc = check_id(idv, "added token", content);
+    if (!rc) rc = check_utf8(content, n, "added token");
     if (rc) return rc;
     int32_t id = (int32_t)idv;
-    size_t n = strlen(content);
     if (n == 0) return 0; /* HF ignores empty added tokens */
     const char *p = arena_dup(&t->arena, content, n);
     if (smap_put(&t->added_vocab, p, n, id)) return 0; /* listed twice: the first one stands */
@@ -594,20 +603,19 @@ static int json_check_components(tokenizer *t, const cJSON *root) {
     if (!norm || *norm)
         return err_set(TV_EUNSUPPORTED, "normalizer '%s' is not supported (only null)",
                        norm ? norm : "?");
-    if (!pre || (*pre && strcmp(pre, "ByteLevel")))
+    /* Without ByteLevel on both sides the vocabulary is not byte-level: a different tokenizer. */
+    if (!pre || strcmp(pre, "ByteLevel"))
         return err_set(TV_EUNSUPPORTED, "pre_tokenizer '%s' is not supported (only ByteLevel)",
                        pre ? pre : "?");
-    if (!dec || (*dec && strcmp(dec, "ByteLevel")))
+    if (!dec || strcmp(dec, "ByteLevel"))
         return err_set(TV_EUNSUPPORTED, "decoder '%s' is not supported (only ByteLevel)",
                        dec ? dec : "?");
     if (!post || (*post && strcmp(post, "ByteLevel")))
         return err_set(TV_EUNSUPPORTED, "post_processor '%s' is not supported (null or ByteLevel)",
                        post ? post : "?");
-    if (*pre) {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
-        t->add_prefix_space = (uint8_t)json_bool(p, "add_prefix_space", 1);
-        t->use_regex = (uint8_t)json_bool(p, "use_regex", 1);
-    }
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
+    t->add_prefix_space = (uint8_t)json_bool(p, "add_prefix_space", 1);
+    t->use_regex = (uint8_t)json_bool(p, "use_regex", 1);
     return 0;
 }
 

@@ -13,7 +13,7 @@
  * replaces invalid UTF-8 with U+FFFD exactly like Rust's String::from_utf8_lossy, as HF does.
  *
  * Supported tokenizer.json: model.type "BPE" (no byte_fallback, no dropout, no subword prefix or
- * suffix), normalizer null, pre_tokenizer ByteLevel (or null), decoder ByteLevel (or null),
+ * suffix), normalizer null, pre_tokenizer ByteLevel, decoder ByteLevel,
  * post_processor null or ByteLevel. Anything else fails with TV_EUNSUPPORTED.
  *
  * Threads: a loaded tokenizer is never modified, so any number of threads may encode and decode
