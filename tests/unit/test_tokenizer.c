@@ -395,6 +395,112 @@ static void test_errors(const tokenizer *t) {
     tok_free(NULL);
 }
 
+/* ---- robustness -------------------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
+static uint32_t rnd(uint32_t n) {
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (uint32_t)(rng_state >> 33) % n;
+}
+
+/* Damaged tokenizer files must load or fail cleanly (ASan build: no crash, no leak). */
+static void test_mutated_json(void) {
+    char *src = NULL;
+    size_t len = 0;
+    CHECK_OK(mf_read_all(check_data("tokenizer/legacy.json"), 1 << 20, &src, &len));
+    if (!src) return;
+    char *buf = malloc(len + 1);
+    int loaded = 0, failed = 0;
+    for (int it = 0; it < 400; it++) {
+        memcpy(buf, src, len);
+        size_t n = len;
+        int k = 1 + (int)rnd(4);
+        for (int j = 0; j < k; j++) {
+            size_t at = rnd((uint32_t)n);
+            switch (rnd(4)) {
+            case 0: buf[at] = (char)rnd(256); break;
+            case 1: n = at; break;                           /* truncate */
+            case 2: buf[at] = "{}[]\\\"0:,- "[rnd(10)]; break; /* structure */
+            default: buf[at] = (char)(0x80 + rnd(64)); break; /* stray UTF-8 */
+            }
+            if (n == 0) n = 1;
+        }
+        tokenizer *t = NULL;
+        err_clear();
+        if (tok_load_json(buf, n, &t) == 0) {
+            loaded++;
+            int32_t *ids = NULL;
+            size_t m = 0;
+            const char *text = "the cat <mask> [SEP] caf\xc3\xa9 123 \xf0\x9f\x98\x80";
+            if (tok_encode(t, text, strlen(text), &ids, &m) == 0) {
+                char *dec = NULL;
+                size_t dn;
+                if (tok_decode(t, ids, m, 0, &dec, &dn) == 0) CHECK(valid_utf8(dec, dn));
+                free(dec);
+            }
+            free(ids);
+            tok_free(t);
+        } else {
+            failed++;
+            CHECK(t == NULL && err_msg()[0]);
+        }
+    }
+    CHECK(failed > 100); /* the mutations did hit something */
+    printf("mutated tokenizer.json: %d loaded, %d refused\n", loaded, failed);
+    free(buf);
+    free(src);
+}
+
+/* Random valid UTF-8 from all planes: decode(encode(s)) == s (no normalizer, byte-level);
+ * random bytes: encode either refuses (invalid UTF-8) or round-trips. */
+static void test_random_roundtrip(const tokenizer *t) {
+    int bad = 0;
+    char s[512];
+    for (int it = 0; it < 2000; it++) {
+        size_t n = 0;
+        int raw = it % 4 == 0;
+        size_t want = rnd(120);
+        while (n < want) {
+            if (raw) {
+                s[n++] = (char)rnd(256);
+                continue;
+            }
+            uint32_t r = rnd(10), cp;
+            if (r < 4) cp = rnd(0x80);
+            else if (r < 6) cp = 0x80 + rnd(0x780);
+            else if (r < 8) cp = 0x800 + rnd(0xF800);
+            else cp = 0x10000 + rnd(0x100000);
+            if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+            if (cp < 0x80) s[n++] = (char)cp;
+            else if (cp < 0x800) s[n++] = (char)(0xC0 | cp >> 6), s[n++] = (char)(0x80 | (cp & 63));
+            else if (cp < 0x10000) {
+                s[n++] = (char)(0xE0 | cp >> 12);
+                s[n++] = (char)(0x80 | (cp >> 6 & 63));
+                s[n++] = (char)(0x80 | (cp & 63));
+            } else {
+                s[n++] = (char)(0xF0 | cp >> 18);
+                s[n++] = (char)(0x80 | (cp >> 12 & 63));
+                s[n++] = (char)(0x80 | (cp >> 6 & 63));
+                s[n++] = (char)(0x80 | (cp & 63));
+            }
+        }
+        int32_t *ids = NULL;
+        size_t m = 0;
+        int rc = tok_encode(t, s, n, &ids, &m);
+        if (rc) {
+            if (!raw || valid_utf8(s, n)) bad++;
+            continue;
+        }
+        if (!valid_utf8(s, n)) bad++;
+        char *dec = NULL;
+        size_t dn = 0;
+        if (tok_decode(t, ids, m, 0, &dec, &dn) || dn != n || memcmp(dec, s, n) != 0) bad++;
+        free(dec);
+        free(ids);
+    }
+    CHECK_EQ_INT(bad, 0);
+}
+
 /* ---- threads ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -440,6 +546,8 @@ int main(void) {
     test_stream_holds_back(t);
     test_big_inputs(t);
     test_errors(t);
+    test_mutated_json();
+    test_random_roundtrip(t);
     test_threads(t);
 
     tokenizer *f = NULL;
