@@ -16,8 +16,11 @@
  * suffix), normalizer null, pre_tokenizer ByteLevel, decoder ByteLevel,
  * post_processor null or ByteLevel. Anything else fails with TV_EUNSUPPORTED.
  *
- * Threads: a loaded tokenizer is never modified, so any number of threads may encode and decode
- * with it at once (all scratch memory is per call). A tok_stream belongs to one thread at a time.
+ * Threads: any number of threads may encode and decode with one tokenizer at once. After loading
+ * only its BPE cache of short words changes, and that is sharded behind mutexes; all other
+ * scratch memory is per call. A tok_stream belongs to one thread at a time.
+ * Limits: ids below 2^21; an rstrip added token swallows the whitespace after it even where HF
+ * would also match another added token inside that whitespace (HF then emits overlapping text).
  * Errors: every function returning int gives 0 or a negative TV_E* code with err_msg() set. */
 #ifndef TV_TOKENIZER_H
 #define TV_TOKENIZER_H
