@@ -1,0 +1,263 @@
+/* vision — the image encoder: bundle loading, the ViT -> Q-Former -> projections pipeline, and
+ * the tensor lookups shared by vit.c and qformer.c. */
+#include "vision.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "qformer.h"
+#include "quant.h"
+#include "safetensors.h"
+#include "vit.h"
+
+/* ============================================================================================
+ * tensor lookups
+ * ========================================================================================== */
+
+static int find(const vision_src *src, const char *name, const tensor_view **out) {
+    *out = src->find(src->user, name);
+    if (!*out) return err_set(TV_ENOTFOUND, "vision: tensor %s is missing", name);
+    return TV_OK;
+}
+
+static int check_aligned(const tensor_view *t) {
+    size_t sz = dtype_size(t->dtype);
+    if (sz > 1 && (uintptr_t)t->data % sz != 0)
+        return err_set(TV_EFORMAT, "vision: tensor %s is not %zu-byte aligned", t->name, sz);
+    return TV_OK;
+}
+
+int vision_get_f32(const vision_src *src, const char *name, int64_t n, const float **out) {
+    const tensor_view *t;
+    int rc = find(src, name, &t);
+    if (rc < 0) return rc;
+    if (t->dtype != DT_F32)
+        return err_set(TV_EFORMAT, "vision: tensor %s is %s, expected F32", name,
+                       dtype_name(t->dtype));
+    if (tensor_numel(t) != n) {
+        char buf[96];
+        return err_set(TV_EFORMAT, "vision: tensor %s has shape %s, expected %lld elements",
+                       name, tensor_shape_str(t, buf, sizeof buf), (long long)n);
+    }
+    if ((rc = check_aligned(t)) < 0) return rc;
+    *out = t->data;
+    return TV_OK;
+}
+
+int vision_get_vec(const vision_src *src, const char *name, int64_t n, const float **out) {
+    const tensor_view *t;
+    int rc = find(src, name, &t);
+    if (rc < 0) return rc;
+    if ((rc = tensor_expect_shape(t, 1, &n)) < 0) return rc;
+    return vision_get_f32(src, name, n, out);
+}
+
+/* q8/q4: the integer tensor (already shape-checked) plus "<name>.scale" F32 [n, k/32]. */
+static int get_scale(const vision_src *src, const char *name, int64_t n, int64_t k,
+                     kern_weight *w) {
+    if (k % QUANT_BLOCK != 0)
+        return err_set(TV_EFORMAT, "vision: tensor %s is quantised but k = %lld is not a "
+                       "multiple of %d", name, (long long)k, QUANT_BLOCK);
+    char sname[256];
+    int len = snprintf(sname, sizeof sname, "%s.scale", name);
+    if (len < 0 || (size_t)len >= sizeof sname)
+        return err_set(TV_EINVAL, "vision: tensor name too long: %s", name);
+    const tensor_view *t;
+    int rc = find(src, sname, &t);
+    if (rc < 0) return rc;
+    int64_t dims[2] = {n, k / QUANT_BLOCK};
+    if ((rc = tensor_expect_shape(t, 2, dims)) < 0) return rc;
+    if (t->dtype != DT_F32)
+        return err_set(TV_EFORMAT, "vision: tensor %s is %s, expected F32", sname,
+                       dtype_name(t->dtype));
+    if ((rc = check_aligned(t)) < 0) return rc;
+    w->scale = t->data;
+    return TV_OK;
+}
+
+int vision_get_matrix(const vision_src *src, const char *name, int64_t n, int64_t k,
+                      kern_weight *w) {
+    const tensor_view *t;
+    int rc = find(src, name, &t);
+    if (rc < 0) return rc;
+    memset(w, 0, sizeof *w);
+    w->n = n;
+    w->k = k;
+    int64_t dims[2] = {n, k};
+    switch (t->dtype) {
+    case DT_F32: w->type = KERN_W_F32; break;
+    case DT_F16: w->type = KERN_W_F16; break;
+    case DT_BF16: w->type = KERN_W_BF16; break;
+    case DT_I8: w->type = KERN_W_Q8; break;
+    case DT_U8: w->type = KERN_W_Q4; dims[1] = k / 2; break;
+    default:
+        return err_set(TV_EFORMAT, "vision: matrix %s has dtype %s (expected F32, F16, BF16, "
+                       "I8 or U8)", name, dtype_name(t->dtype));
+    }
+    if ((rc = tensor_expect_shape(t, 2, dims)) < 0) return rc;
+    if ((rc = check_aligned(t)) < 0) return rc;
+    w->data = t->data;
+    if (w->type == KERN_W_Q8 || w->type == KERN_W_Q4) return get_scale(src, name, n, k, w);
+    return TV_OK;
+}
+
+/* ============================================================================================
+ * the model
+ * ========================================================================================== */
+
+#define VISION_MAX_PROJ 3
+
+struct vision_model {
+    kern_be *be;
+    st_file *file;                      /* NULL when loaded from a caller's source */
+    int max_batch;
+    vit_config vit;
+    vit_weights vw;
+    vit_scratch vs;
+    float *img;                         /* [max_batch*T, W] ln_vision output */
+    qformer_config qf;
+    qformer_weights qw;
+    qformer_scratch qs;
+    int n_proj;                         /* projections: dims[0] -> dims[1] -> ... */
+    int dims[VISION_MAX_PROJ + 1];
+    kern_weight proj[VISION_MAX_PROJ];  /* [dims[j+1], dims[j]] */
+    const float *proj_b[VISION_MAX_PROJ];
+    float *pbuf[VISION_MAX_PROJ];       /* [max_batch*Q, dims[j+1]], all but the last */
+};
+
+static int load_proj(vision_model *vm, const manifest *m, const vision_src *src) {
+    vm->n_proj = m->n_proj_dims - 1;
+    if (vm->n_proj < 1 || vm->n_proj > VISION_MAX_PROJ)
+        return err_set(TV_EFORMAT, "vision: proj_dims has %d entries (2..%d)", m->n_proj_dims,
+                       VISION_MAX_PROJ + 1);
+    if (m->proj_dims[0] != vm->qf.width)
+        return err_set(TV_EFORMAT, "vision: proj_dims[0] = %d != qformer.width %d",
+                       m->proj_dims[0], vm->qf.width);
+    for (int j = 0; j <= vm->n_proj; j++) {
+        if (m->proj_dims[j] < 1) return err_set(TV_EFORMAT, "vision: proj_dims[%d] < 1", j);
+        vm->dims[j] = m->proj_dims[j];
+    }
+    for (int j = 0; j < vm->n_proj; j++) {
+        char name[64];
+        snprintf(name, sizeof name, "proj.%d.weight", j);
+        int rc = vision_get_matrix(src, name, vm->dims[j + 1], vm->dims[j], &vm->proj[j]);
+        if (rc < 0) return rc;
+        snprintf(name, sizeof name, "proj.%d.bias", j);
+        if ((rc = vision_get_vec(src, name, vm->dims[j + 1], &vm->proj_b[j])) < 0) return rc;
+    }
+    return TV_OK;
+}
+
+static int alloc_buffers(vision_model *vm) {
+    int64_t rows = (int64_t)vm->max_batch * vm->vit.tokens;
+    int64_t qrows = (int64_t)vm->max_batch * vm->qf.queries;
+    int rc = vit_scratch_init(&vm->vs, &vm->vit, vm->max_batch, 0);
+    if (rc < 0) return rc;
+    if ((rc = qformer_scratch_init(&vm->qs, &vm->qf, vm->max_batch, vm->vit.tokens)) < 0)
+        return rc;
+    vm->img = malloc((size_t)(rows * vm->vit.width) * sizeof(float));
+    if (!vm->img) return err_set(TV_ENOMEM, "vision: cannot allocate the ln_vision buffer");
+    for (int j = 0; j + 1 < vm->n_proj; j++) {
+        vm->pbuf[j] = malloc((size_t)(qrows * vm->dims[j + 1]) * sizeof(float));
+        if (!vm->pbuf[j]) return err_set(TV_ENOMEM, "vision: cannot allocate projections");
+    }
+    return TV_OK;
+}
+
+int vision_load_src(const manifest *m, const vision_src *src, kern_be *be, int max_batch,
+                    vision_model **out) {
+    *out = NULL;
+    if (max_batch < 1 || max_batch > 4096)
+        return err_set(TV_EINVAL, "vision: max_batch %d outside 1..4096", max_batch);
+    vision_model *vm = tv_xcalloc(1, sizeof *vm);
+    vm->be = be;
+    vm->max_batch = max_batch;
+    int rc = vit_config_from(&m->vision, &vm->vit);
+    if (rc == 0) rc = qformer_config_from(m, &vm->qf);
+    if (rc == 0) rc = vit_weights_load(&vm->vit, src, &vm->vw);
+    if (rc == 0) rc = qformer_weights_load(&vm->qf, src, &vm->qw);
+    if (rc == 0) rc = load_proj(vm, m, src);
+    if (rc == 0) rc = alloc_buffers(vm);
+    if (rc < 0) {
+        vision_free(vm);
+        return rc;
+    }
+    *out = vm;
+    return TV_OK;
+}
+
+static const tensor_view *find_in_file(void *user, const char *name) {
+    return st_find(user, name);
+}
+
+int vision_load(const manifest *m, kern_be *be, int max_batch, vision_model **out) {
+    *out = NULL;
+    st_file *f;
+    int rc = st_open(m->vision_path, &f);
+    if (rc < 0) return err_wrap(rc, "vision");
+    vision_src src = {find_in_file, f};
+    if ((rc = vision_load_src(m, &src, be, max_batch, out)) < 0) {
+        st_free(f);
+        return err_wrap(rc, "%s", m->vision_path);
+    }
+    (*out)->file = f;
+    return TV_OK;
+}
+
+void vision_free(vision_model *vm) {
+    if (!vm) return;
+    vit_weights_free(&vm->vw);
+    vit_scratch_free(&vm->vs);
+    qformer_weights_free(&vm->qw);
+    qformer_scratch_free(&vm->qs);
+    free(vm->img);
+    for (int j = 0; j < VISION_MAX_PROJ; j++) free(vm->pbuf[j]);
+    st_free(vm->file);
+    free(vm);
+}
+
+/* ============================================================================================
+ * encode: pixels -> ViT -> ln_vision -> Q-Former -> projections
+ * ========================================================================================== */
+
+/* emb [B*Q, dims[n]] = proj_{n-1}( ... proj_0(q)), no activation between. */
+static int run_projections(vision_model *vm, int B, float *emb) {
+    int64_t rows = (int64_t)B * vm->qf.queries;
+    const float *x = vm->qs.q;
+    for (int j = 0; j < vm->n_proj; j++) {
+        float *y = j + 1 < vm->n_proj ? vm->pbuf[j] : emb;
+        int rc = kern_matmul(vm->be, x, rows, &vm->proj[j], vm->proj_b[j], y);
+        if (rc < 0) return err_wrap(rc, "vision: projection %d", j);
+        x = y;
+    }
+    return TV_OK;
+}
+
+int vision_encode(vision_model *vm, const float *pixels, int B, float *emb) {
+    if (B < 1 || B > vm->max_batch)
+        return err_set(TV_EINVAL, "vision: batch of %d images outside 1..%d", B, vm->max_batch);
+    int rc = vit_forward(vm->be, &vm->vit, &vm->vw, pixels, B, &vm->vs, vm->img);
+    if (rc == 0) rc = qformer_forward(vm->be, &vm->qf, &vm->qw, vm->img, B, &vm->qs);
+    if (rc == 0) rc = run_projections(vm, B, emb);
+    return rc;
+}
+
+int vision_tokens(const vision_model *vm) { return vm->qf.queries; }
+int vision_dim(const vision_model *vm) { return vm->dims[vm->n_proj]; }
+int vision_image_size(const vision_model *vm) { return vm->vit.image_size; }
+int vision_max_batch(const vision_model *vm) { return vm->max_batch; }
+
+void vision_get_trace(const vision_model *vm, vision_trace *t) {
+    memset(t, 0, sizeof *t);
+    t->vit_out = vm->vs.x;
+    t->ln_vision = vm->img;
+    t->qformer_out = vm->qs.q;
+    for (int j = 0; j + 1 < vm->n_proj; j++) t->proj[j] = vm->pbuf[j];
+    t->tokens = vm->vit.tokens;
+    t->width = vm->vit.width;
+    t->queries = vm->qf.queries;
+    t->qwidth = vm->qf.width;
+}
