@@ -18,8 +18,9 @@
 #include "phi.h"
 #include "safetensors.h"
 
+/* (b) needs the converter; compiled in once cli/convert.c exists. */
 #if defined(__has_include)
-#if __has_include("convert.h")
+#if __has_include("convert.h") && __has_include("convert.c")
 #include "convert.h"
 #include "manifest.h"
 #define HAVE_CONVERT 1
@@ -414,7 +415,127 @@ out:
 /* ---- (b) the tiny TinyGPT-V through tinyvlm convert ----------------------------------------- */
 
 #ifdef HAVE_CONVERT
-static void test_tiny(kern_be *be) { (void)be; }
+static char *data_path(const char *rel) {
+    const char *p = check_data(rel);
+    char *s = tv_xmalloc(strlen(p) + 1);
+    strcpy(s, p);
+    return s;
+}
+
+/* Converts the tiny original checkpoints into dir/<dtype> and loads its LM. */
+static int tiny_load(kern_be *be, const char *dir, const char *dtype, const char *phi_folder,
+                     manifest **mf, phi_model **m) {
+    char out[512], rel[128];
+    snprintf(out, sizeof out, "%s/%s", dir, dtype);
+    snprintf(rel, sizeof rel, "tinygptv/model/%s", phi_folder);
+    char *phi = data_path(rel), *eva = data_path("tinygptv/model/eva_vit_g.pth"),
+         *blip = data_path("tinygptv/model/blip2_pretrained_flant5xxl.pth"),
+         *st4 = data_path("tinygptv/model/TinyGPT-V_for_Stage4.pth"),
+         *tok = data_path("tinygptv/model/tokenizer.json");
+    conv_opts o;
+    conv_opts_init(&o);
+    o.phi_dir = phi;
+    o.eva_path = eva;
+    o.blip2_path = blip;
+    o.stage4_path = st4;
+    o.tokenizer_path = tok;
+    o.out_dir = out;
+    o.dtype = dtype;
+    int rc = conv_run(&o);
+    if (!rc)
+        rc = manifest_load(out, mf);
+    if (!rc)
+        rc = phi_load(*mf, be, 1, 0, m);
+    free(phi);
+    free(eva);
+    free(blip);
+    free(st4);
+    free(tok);
+    return rc;
+}
+
+/* The tiny model at dtype: prefill the golden prompt embeddings, then decode. exact: f32
+ * (logits within 1e-3, all 32 greedy tokens); else top-1 agreement >= min_agree over the 32
+ * prompt positions and 31 teacher-forced decode steps, and the first 8 free greedy tokens. */
+static void tiny_check(kern_be *be, const char *dir, const char *dtype, const char *folder,
+                       int exact, double min_agree) {
+    manifest *mf = NULL;
+    phi_model *m = NULL;
+    st_file *gold = NULL;
+    int rc = tiny_load(be, dir, dtype, folder, &mf, &m);
+    CHECK_MSG(rc == 0, "tiny %s: %s", dtype, err_msg());
+    if (rc || st_open(check_data("tinygptv/tiny.safetensors"), &gold)) {
+        phi_free(m);
+        manifest_free(mf);
+        return;
+    }
+    const tensor_view *emb = st_find(gold, "inputs_embeds"), *gl = st_find(gold, "logits"),
+                      *gt = st_find(gold, "greedy_tokens");
+    const int V = phi_get_config(m)->vocab, T = 32, N = 32;
+    CHECK(emb && gl && gt && tensor_numel(gl) == (int64_t)T * V && tensor_numel(gt) == N);
+    if (!emb || !gl || !gt || tensor_numel(gl) != (int64_t)T * V) {
+        st_free(gold);
+        phi_free(m);
+        manifest_free(mf);
+        return;
+    }
+    const float *glog = (const float *)gl->data;
+    int32_t golden[32];
+    for (int i = 0; i < N; i++)
+        golden[i] = (int32_t)((const int64_t *)gt->data)[i];
+    float *logits = tv_xmalloc((size_t)T * V * sizeof(float));
+    CHECK_OK(phi_prefill(m, 0, (const float *)emb->data, T, PHI_ALL_LOGITS, logits));
+    double dmax = maxdiff(logits, glog, (int64_t)T * V);
+    int agree = 0, total = 0;
+    for (int t = 0; t < T; t++, total++)
+        agree += argmax(logits + (size_t)t * V, V) == argmax(glog + (size_t)t * V, V);
+
+    /* greedy: exact runs free; others are teacher-forced with the golden tokens for the
+     * agreement count, after a free run of 8 */
+    int slot = 0, free_ok = 1, nfree = exact ? N : 8;
+    int32_t tok = argmax(logits + (size_t)(T - 1) * V, V);
+    for (int k = 0; k < nfree; k++) {
+        free_ok &= tok == golden[k];
+        if (k + 1 < nfree) {
+            CHECK_OK(phi_decode(m, 1, &slot, &tok, logits));
+            tok = argmax(logits, V);
+        }
+    }
+    CHECK_MSG(free_ok, "tiny %s: greedy tokens differ from the golden ones", dtype);
+    if (!exact) {
+        CHECK_OK(phi_reset(m, 0));
+        CHECK_OK(phi_prefill(m, 0, (const float *)emb->data, T, 0, logits));
+        for (int k = 0; k + 1 < N; k++, total++) {
+            CHECK_OK(phi_decode(m, 1, &slot, &golden[k], logits));
+            agree += argmax(logits, V) == golden[k + 1];
+        }
+    }
+    double frac = (double)agree / total;
+    printf("tiny %s: max |logits - golden| %.3g, top-1 agreement %d/%d, greedy %s\n", dtype, dmax,
+           agree, total, free_ok ? "same" : "DIFFERENT");
+    if (exact)
+        CHECK_MSG(dmax <= 1e-3, "tiny %s: logits differ by %g", dtype, dmax);
+    CHECK_MSG(frac >= min_agree, "tiny %s: top-1 agreement %.3f < %.3f", dtype, frac, min_agree);
+    free(logits);
+    st_free(gold);
+    phi_free(m);
+    manifest_free(mf);
+}
+
+static void test_tiny(kern_be *be) {
+    char dir[] = "/tmp/tv_phi_XXXXXX";
+    if (!mkdtemp(dir)) {
+        CHECK_MSG(0, "mkdtemp failed");
+        return;
+    }
+    tiny_check(be, dir, "f32", "phi_fused", 1, 1.0);
+    tiny_check(be, dir, "f16", "phi_split", 0, 0.99);
+    tiny_check(be, dir, "bf16", "phi_fused", 0, 0.99);
+    tiny_check(be, dir, "q8", "phi_split", 0, 0.98);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
 #endif
 
 int main(void) {
