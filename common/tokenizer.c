@@ -1182,8 +1182,8 @@ int tok_decode(const tokenizer *t, const int32_t *ids, size_t n, int flags, char
     if (!t || (!ids && n)) return err_set(TV_EINVAL, "tok_decode: NULL tokenizer or ids");
     bbuf raw = {0}, text = {0};
     for (size_t i = 0; i < n; i++) {
-        const char *b;
-        size_t nb;
+        const char *b = "";
+        size_t nb = 0;
         if (tok_token_bytes(t, ids[i], &b, &nb)) {
             free(raw.p);
             return err_wrap(TV_EINVAL, "decode: position %zu", i);
@@ -1243,8 +1243,8 @@ int tok_stream_push(tok_stream *s, int32_t id, const char **text, size_t *len) {
     *text = "";
     *len = 0;
     if (!s) return err_set(TV_EINVAL, "tok_stream_push: NULL stream");
-    const char *b;
-    size_t nb;
+    const char *b = "";
+    size_t nb = 0;
     int rc = tok_token_bytes(s->t, id, &b, &nb);
     if (rc) return rc;
     if ((s->flags & TOK_SKIP_SPECIAL) && s->t->ent[id].special) nb = 0;

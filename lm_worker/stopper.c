@@ -50,6 +50,9 @@ void stopper_reset(stopper *s) {
 }
 
 static void emit(stopper *s, size_t n, const char **out, size_t *out_len) {
+    *out = s->out;
+    *out_len = n;
+    if (n == 0) return; /* buffers may still be NULL */
     if (n > s->out_cap) {
         s->out_cap = n * 2;
         s->out = tv_xrealloc(s->out, s->out_cap);
@@ -58,7 +61,6 @@ static void emit(stopper *s, size_t n, const char **out, size_t *out_len) {
     memmove(s->buf, s->buf + n, s->len - n);
     s->len -= n;
     *out = s->out;
-    *out_len = n;
 }
 
 /* Earliest position where a stop string starts inside buf, or len if none. */
@@ -92,7 +94,7 @@ int stopper_push(stopper *s, const char *text, size_t len, const char **out, siz
         s->cap = (s->len + len) * 2 + 16;
         s->buf = tv_xrealloc(s->buf, s->cap);
     }
-    memcpy(s->buf + s->len, text, len);
+    if (len) memcpy(s->buf + s->len, text, len);
     s->len += len;
     size_t stop_at = first_stop(s);
     if (stop_at < s->len) {
