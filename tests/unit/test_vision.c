@@ -347,6 +347,7 @@ static void test_batch(kern_be *be, manifest *m) {
     CHECK_FAILS(vision_encode(vm, px, 4, emb3));
     CHECK_FAILS(vision_encode(vm, px, 0, emb3));
     vision_free(vm);
+    free(px);
 
     /* loader errors name the tensor: missing, wrong shape, wrong dtype */
     tensor_view *fc1 = (tensor_view *)mem_find(&mm, "vit.blocks.1.mlp.fc1.weight");
