@@ -135,7 +135,15 @@ int vit_scratch_init(vit_scratch *s, const vit_config *cfg, int max_batch, int t
     s->qkv = alloc_floats(rows, 3 * W);
     s->mlp = alloc_floats(rows, cfg->mlp_hidden);
     s->patches = alloc_floats((int64_t)max_batch * cfg->grid * cfg->grid, 3 * P * P);
-    if (!s->x || !s->h || !s->qkv || !s->mlp || !s->patches) {
+    int64_t Dh = W / cfg->heads;
+    s->tokens = (int)T;
+    s->hq = alloc_floats(T, Dh);
+    s->hk = alloc_floats(T, Dh);
+    s->hvt = alloc_floats(T, Dh);
+    s->ho = alloc_floats(T, Dh);
+    s->scores = alloc_floats(T, T);
+    if (!s->x || !s->h || !s->qkv || !s->mlp || !s->patches || !s->hq || !s->hk || !s->hvt ||
+        !s->ho || !s->scores) {
         vit_scratch_free(s);
         return err_set(TV_ENOMEM, "vit: cannot allocate activations for %d images", max_batch);
     }
@@ -149,6 +157,11 @@ void vit_scratch_free(vit_scratch *s) {
     free(s->qkv);
     free(s->mlp);
     free(s->patches);
+    free(s->hq);
+    free(s->hk);
+    free(s->hvt);
+    free(s->ho);
+    free(s->scores);
     memset(s, 0, sizeof *s);
 }
 
@@ -195,19 +208,42 @@ static int vit_embed(kern_be *be, const vit_config *cfg, const vit_weights *w,
  * transformer block
  * ========================================================================================== */
 
-/* h [B*T, W] = multi-head self-attention of qkv [B*T, 3W] (rows [q|k|v]), per image. */
-static int vit_self_attention(kern_be *be, const vit_config *cfg, const float *qkv, float *out,
-                              int B, int T) {
-    int64_t W = cfg->width, H = cfg->heads, Dh = W / H;
-    for (int b = 0; b < B; b++) {
-        const float *base = qkv + (size_t)b * T * 3 * W;
-        kern_attn a = {.q = base, .k = base + W, .v = base + 2 * W,
-                       .out = out + (size_t)b * T * W,
-                       .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W, .ldo = W,
-                       .tq = T, .tk = T, .heads = H, .kv_heads = H, .dim = Dh,
-                       .scale = 1.0f / sqrtf((float)Dh), .causal = 0};
-        KCALL(kern_attention(be, &a));
+/* Self-attention of one head of one image as two GEMMs, because the encoder's T x T scores
+ * (1025 x 1025 at 448 px) are dense work the matmul kernel does at near-peak speed:
+ *   S [T, T] = (q_h * Dh^-0.5) · k_h^T;  P = softmax_rows(S);  o_h [T, Dh] = P · v_h
+ * q/k/v of the head are gathered into contiguous [T, Dh] ([Dh, T] for v) first. */
+static int vit_head_attention(kern_be *be, const vit_config *cfg, const float *qkv, float *out,
+                              int T, int h, vit_scratch *s) {
+    int64_t W = cfg->width, Dh = W / cfg->heads;
+    float scale = 1.0f / sqrtf((float)Dh);
+    for (int64_t t = 0; t < T; t++) {
+        const float *row = qkv + t * 3 * W + h * Dh;
+        for (int64_t d = 0; d < Dh; d++) {
+            s->hq[t * Dh + d] = row[d] * scale;
+            s->hk[t * Dh + d] = row[W + d];
+            s->hvt[d * T + t] = row[2 * W + d];
+        }
     }
+    kern_weight kw = {KERN_W_F32, T, Dh, s->hk, NULL};    /* keys as the "weight" [T, Dh] */
+    kern_weight vw = {KERN_W_F32, Dh, T, s->hvt, NULL};   /* v^T as the "weight" [Dh, T] */
+    KCALL(kern_matmul(be, s->hq, T, &kw, NULL, s->scores));
+    KCALL(kern_softmax(be, s->scores, s->scores, T, T, T));
+    KCALL(kern_matmul(be, s->scores, T, &vw, NULL, s->ho));
+    for (int64_t t = 0; t < T; t++)
+        memcpy(out + t * W + h * Dh, s->ho + t * Dh, (size_t)Dh * sizeof(float));
+    return TV_OK;
+}
+
+/* out [B*T, W] = multi-head self-attention of qkv [B*T, 3W] (rows [q|k|v]), per image. */
+static int vit_self_attention(kern_be *be, const vit_config *cfg, const float *qkv, float *out,
+                              int B, int T, vit_scratch *s) {
+    int64_t W = cfg->width;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < cfg->heads; h++) {
+            int rc = vit_head_attention(be, cfg, qkv + (size_t)b * T * 3 * W,
+                                        out + (size_t)b * T * W, T, h, s);
+            if (rc < 0) return rc;
+        }
     return TV_OK;
 }
 
@@ -217,7 +253,7 @@ static int vit_attn_residual(kern_be *be, const vit_config *cfg, const vit_block
     int64_t W = cfg->width;
     KCALL(kern_layernorm(be, x, W, s->h, W, rows, 1, W, b->norm1_w, b->norm1_b, cfg->ln_eps));
     KCALL(kern_matmul(be, s->h, rows, &b->qkv, b->qkv_b, s->qkv));        /* [rows, 3W] */
-    int rc = vit_self_attention(be, cfg, s->qkv, s->h, B, T);              /* [rows, W]  */
+    int rc = vit_self_attention(be, cfg, s->qkv, s->h, B, T, s);              /* [rows, W]  */
     if (rc < 0) return rc;
     float *o = s->qkv;                     /* q/k/v are consumed: [rows, W] fits in [rows, 3W] */
     KCALL(kern_matmul(be, s->h, rows, &b->proj, b->proj_b, o));
@@ -240,7 +276,7 @@ static int vit_mlp_residual(kern_be *be, const vit_config *cfg, const vit_block 
 int vit_block_forward(kern_be *be, const vit_config *cfg, const vit_block *b, float *x, int B,
                       int T, vit_scratch *s) {
     int64_t rows = (int64_t)B * T;
-    if (B < 1 || T < 1 || rows > s->max_rows)
+    if (B < 1 || T < 1 || T > s->tokens || rows > s->max_rows)
         return err_set(TV_EINVAL, "vit: %d images x %d tokens exceed the scratch (%d rows)", B,
                        T, s->max_rows);
     int rc = vit_attn_residual(be, cfg, b, x, rows, B, T, s);

@@ -52,6 +52,10 @@ typedef struct {
     float *qkv;                         /* [rows, 3W] */
     float *mlp;                         /* [rows, M] */
     float *patches;                     /* [max_batch * G*G, 3*P*P] unfolded pixels */
+    /* one head of one image at a time (attention as two matmuls, see vit.c) */
+    int tokens;                         /* T the scratch was sized for */
+    float *hq, *hk, *hvt, *ho;          /* [T, Dh], [T, Dh], [Dh, T], [T, Dh] */
+    float *scores;                      /* [T, T] */
 } vit_scratch;
 
 /* Fills cfg from the manifest and checks it (divisibility, head_dim <= KERN_MAX_HEAD_DIM).
