@@ -566,8 +566,7 @@ int phi_load(const manifest *mf, kern_be *be, int max_seqs, int max_context, phi
         return rc;
     }
     (*out)->file = f;
-    log_info("phi", "loaded %s: %d layers, width %d, vocab %d, %s matrices, cache %d x %d",
-             mf->lm_path, c.layers, c.width, c.vocab, kern_wtype_name(w.lm_head.type), max_seqs,
-             max_context);
+    log_info("phi", "loaded %s: %d layers, width %d, vocab %d, bundle dtype %s, cache %d x %d",
+             mf->lm_path, c.layers, c.width, c.vocab, mf->dtype, max_seqs, max_context);
     return TV_OK;
 }

@@ -441,6 +441,8 @@ static int tiny_load(kern_be *be, const char *dir, const char *dtype, const char
     o.tokenizer_path = tok;
     o.out_dir = out;
     o.dtype = dtype;
+    o.vit_heads = 2;     /* tiny.json model.vit.heads: 88 wide, not ViT-g's 88-dim heads */
+    o.qformer_heads = 2; /* tiny.json model.qformer.heads */
     int rc = conv_run(&o);
     if (!rc)
         rc = manifest_load(out, mf);
