@@ -13,6 +13,7 @@
 
 #define CONV_MAX_LAYERS 4096
 #define CONV_NAMEBUFS 32
+#define CONV_MAX_DIM (1 << 20) /* widths read from tensor shapes must fit an int with room */
 
 /* One input: a .pth checkpoint or a safetensors model, with a used-flag per tensor. */
 typedef struct {

@@ -43,6 +43,10 @@ static int map_vit_embed(conv_ctx *c) {
     const tensor_view *peb = conv_need(c, in, "patch_embed.proj.bias", W);
     if (!cls || !pe || !pos) return 0;
     int64_t P = pe->shape[2], npos = pos->shape[1] - 1;
+    if (W > CONV_MAX_DIM || P > CONV_MAX_DIM || npos > CONV_MAX_DIM * 16) {
+        conv_bad(c, "cls_token/patch_embed/pos_embed: dims out of range");
+        return 0;
+    }
     int64_t g = (int64_t)llround(sqrt((double)npos));
     if (P != pe->shape[3] || P < 1) conv_bad(c, "patch_embed.proj.weight: patches are not square");
     if (g < 1 || g * g != npos)
@@ -53,8 +57,8 @@ static int map_vit_embed(conv_ctx *c) {
                        (long long)P);
     int heads = c->o->vit_heads > 0 ? c->o->vit_heads : (int)(W / 88);
     if (heads < 1 || W % heads != 0)
-        return err_set(TV_EINVAL, "ViT width %lld is not divisible into %d heads (set --vit-heads)",
-                       (long long)W, heads);
+        return err_set(TV_EINVAL, "ViT width %lld cannot be split into %d heads%s", (long long)W,
+                       heads, c->o->vit_heads > 0 ? "" : " of 88 (EVA's head size): set --vit-heads");
     c->vit.image_size = size, c->vit.patch = (int)P, c->vit.grid = size / (int)P;
     c->vit.width = (int)W, c->vit.heads = heads;
 
@@ -107,8 +111,12 @@ static int map_vit(conv_ctx *c) {
         return 0;
     }
     const tensor_view *fc1 = conv_need(c, &c->eva, "blocks.0.mlp.fc1.weight", -1, c->vit.width);
-    c->vit.mlp = (int)dim(fc1, 0);
     if (!fc1) return 0;
+    if (fc1->shape[0] > CONV_MAX_DIM) {
+        conv_bad(c, "blocks.0.mlp.fc1.weight: %lld rows is out of range", (long long)fc1->shape[0]);
+        return 0;
+    }
+    c->vit.mlp = (int)fc1->shape[0];
     for (int i = 0; i < c->vit.layers; i++) map_vit_block(c, i);
     return 0;
 }
@@ -205,11 +213,15 @@ static void map_qformer(conv_ctx *c) {
     const tensor_view *fc1 =
         conv_need(c, in, "Qformer.bert.encoder.layer.0.intermediate_query.dense.weight", -1, D);
     if (!qt || !fc1) return;
+    if (Q > CONV_MAX_DIM || D > CONV_MAX_DIM || fc1->shape[0] > CONV_MAX_DIM) {
+        conv_bad(c, "query_tokens/intermediate_query: dims out of range");
+        return;
+    }
     c->qf.layers = L, c->qf.width = (int)D, c->qf.queries = (int)Q, c->qf.ffn = (int)fc1->shape[0];
     c->qf.heads = c->o->qformer_heads > 0 ? c->o->qformer_heads : (int)(D / 64);
     if (c->qf.heads < 1 || D % c->qf.heads != 0) {
-        conv_bad(c, "Q-Former width %lld is not divisible into %d heads (set --qformer-heads)",
-                 (long long)D, c->qf.heads);
+        conv_bad(c, "Q-Former width %lld cannot be split into %d heads%s", (long long)D,
+                 c->qf.heads, c->o->qformer_heads > 0 ? "" : " of 64 (BERT's head size): set --qformer-heads");
         return;
     }
     char *has = tv_xcalloc((size_t)L, 1);
@@ -223,6 +235,10 @@ static void map_proj(conv_ctx *c) {
     int64_t D = c->qf.width > 0 ? c->qf.width : -1, d = c->lm.width;
     const tensor_view *p1 = conv_need(c, in, "llama_proj.weight", -1, D);
     int64_t H = dim(p1, 0);
+    if (H > CONV_MAX_DIM) {
+        conv_bad(c, "llama_proj.weight: %lld rows is out of range", (long long)H);
+        return;
+    }
     c->proj_dims[0] = (int)D, c->proj_dims[1] = (int)H, c->proj_dims[2] = (int)d;
     if (p1) conv_emit_matrix(c, c->wv, "proj.0.weight", conv_view(p1, H, D), 0);
     vec(c, in, "llama_proj.bias", "proj.0.bias", H);
