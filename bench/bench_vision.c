@@ -53,14 +53,19 @@ __attribute__((target("avx2,fma"))) static void fma_task(void *ctx, int64_t task
     ((volatile float *)ctx)[task] = s[0];
 }
 
+/* Best of 5 runs: on a shared machine a neighbour's burst only ever lowers a run. */
 static double fma_peak(int threads) {
     pool *p = pool_new(threads);
     float sink[1024];
-    double t = now();
-    pool_run(p, threads, fma_task, sink);
-    t = now() - t;
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+        double t = now();
+        pool_run(p, threads, fma_task, sink);
+        t = now() - t;
+        if (t < best) best = t;
+    }
     pool_free(p);
-    return (double)threads * FMA_ITERS * 10 * 16 / t / 1e9;
+    return (double)threads * FMA_ITERS * 10 * 16 / best / 1e9;
 }
 
 /* ---- FLOPs of one image (2 per multiply-add; matmuls and attention) ---------------------- */
@@ -236,7 +241,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     double peak = fma_peak(threads);
-    printf("FMA peak: %.1f GFLOP/s (register-only ymm FMA, %d threads)\n", peak, threads);
+    printf("FMA peak: %.1f GFLOP/s (register-only ymm FMA, best of 5, %d threads)\n", peak,
+           threads);
     int rc = 0;
     const int sizes[2] = {224, 448};
     const dtype_id types[2] = {DT_F32, DT_F16};
@@ -245,6 +251,8 @@ int main(int argc, char **argv) {
             m->vision.image_size = sizes[s];
             rc = run(be, m, types[d], peak);
         }
+    /* measured again: if the machine was busier at the start, the fractions above are high */
+    printf("FMA peak after the runs: %.1f GFLOP/s\n", fma_peak(threads));
     kern_free(be);
     manifest_free(m);
     return rc < 0 ? 1 : 0;
