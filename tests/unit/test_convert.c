@@ -430,6 +430,56 @@ static void check_dtype_of(const char *dir, const char *name, dtype_id dt) {
     st_free(f);
 }
 
+/* ---- a sharded Phi folder ------------------------------------------------------------------ */
+
+static int copy_to(const char *from, const char *to) {
+    char *data = NULL;
+    size_t len = 0;
+    int rc = mf_read_all(from, 1 << 24, &data, &len);
+    FILE *f = rc ? NULL : fopen(to, "wb");
+    if (!rc && (!f || fwrite(data, 1, len, f) != len)) rc = TV_EIO;
+    if (f) fclose(f);
+    free(data);
+    return rc;
+}
+
+/* phi_fused re-written as two shards + model.safetensors.index.json (HF's sharded layout). */
+static void make_sharded(const char *dir) {
+    st_file *src = NULL;
+    CHECK_OK(st_open(MODEL "/phi_fused/model.safetensors", &src));
+    if (!src) return;
+    mkdir(dir, 0755);
+    char p[600];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    CHECK_OK(copy_to(MODEL "/phi_fused/config.json", p));
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    CHECK_OK(copy_to(MODEL "/phi_fused/tokenizer.json", p));
+    st_writer *w[2] = {st_writer_new(), st_writer_new()};
+    char *index = NULL;
+    size_t cap = 1 << 16, used = 0;
+    index = malloc(cap);
+    used += (size_t)snprintf(index, cap, "{\"metadata\": {}, \"weight_map\": {");
+    for (size_t i = 0; i < st_count(src); i++) {
+        const tensor_view *t = st_tensor_at(src, i);
+        int k = (int)(i % 2);
+        CHECK_OK(st_writer_add(w[k], t->name, t->dtype, t->ndim, t->shape, t->data));
+        used += (size_t)snprintf(index + used, cap - used, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"",
+                                 i ? ", " : "", t->name, k + 1);
+    }
+    snprintf(index + used, cap - used, "}}");
+    for (int k = 0; k < 2; k++) {
+        snprintf(p, sizeof p, "%s/model-0000%d-of-00002.safetensors", dir, k + 1);
+        CHECK_OK(st_writer_write(w[k], p));
+        st_writer_free(w[k]);
+    }
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    FILE *f = fopen(p, "wb");
+    CHECK(f && fputs(index, f) >= 0);
+    if (f) fclose(f);
+    free(index);
+    st_free(src);
+}
+
 /* ---- failures ------------------------------------------------------------------------------ */
 
 static void check_failures(void) {
@@ -473,8 +523,7 @@ static void check_failures(void) {
     o.image_size = 90; /* not a multiple of 14 */
     CHECK_FAILS(conv_run(&o));
     opts_tiny(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
-    o.vit_heads = 0; /* 88 / 88 = 1 head is fine for the converter; 3 is not a divisor */
-    o.vit_heads = 3;
+    o.vit_heads = 3; /* 88 is not divisible by 3 */
     CHECK_FAILS(conv_run(&o));
     CHECK(stat(path_in("bad", "tinyvlm.json"), &st) != 0);
 }
@@ -525,6 +574,11 @@ int main(void) {
     opts_tiny(&o, MODEL "/phi_split", path_in("split", NULL), "f32");
     CHECK_OK(conv_run(&o));
     check_same_lm("f32", "split", 1e-6);
+
+    make_sharded(path_in("phi_sharded", NULL));
+    opts_tiny(&o, path_in("phi_sharded", NULL), path_in("sharded", NULL), "f32");
+    CHECK_OK(conv_run(&o));
+    check_same_lm("f32", "sharded", 0);
 
     static const char *const dts[] = {"f16", "bf16", "q8", "q4"};
     for (int i = 0; i < 4; i++) {
