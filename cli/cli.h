@@ -4,5 +4,7 @@
 #define TV_CLI_H
 
 int cli_inspect(int argc, char **argv);
+int cli_ask(int argc, char **argv);     /* cli/ask.c */
+int cli_convert(int argc, char **argv); /* cli/convert.c */
 
 #endif

@@ -16,8 +16,8 @@ typedef struct {
 static const cli_command cli_commands[] = {
     {"inspect", cli_inspect, "show what tinyvlm reads from an image, tokenizer, safetensors or .pth file"},
     {"serve", NULL, "gateway + vision worker + LM worker in one process (the embedded default)"},
-    {"ask", NULL, "one process, one answer: tinyvlm ask --model DIR --image FILE \"question\""},
-    {"convert", NULL, "original checkpoints (.pth + HF Phi-2 folder) -> a tinyvlm bundle"},
+    {"ask", cli_ask, "one process, one answer: tinyvlm ask --model DIR --image FILE \"question\""},
+    {"convert", cli_convert, "original checkpoints (.pth + HF Phi-2 folder) -> a tinyvlm bundle"},
     {"gateway", NULL, "the HTTP API (distributed deployment)"},
     {"vision-worker", NULL, "image -> embeddings worker (distributed deployment)"},
     {"lm-worker", NULL, "embeddings + prompt -> tokens worker (distributed deployment)"},

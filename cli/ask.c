@@ -1,0 +1,298 @@
+/* tinyvlm ask — one process, one answer: bundle + image + question -> streamed answer.
+ * The same path the service takes (preprocess, vision encode, prompt splice, Phi-2 prefill and
+ * decode, sampler, stop tokens and strings), without the network in between. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "err.h"
+#include "image.h"
+#include "log.h"
+#include "manifest.h"
+#include "mapfile.h"
+#include "ops.h"
+#include "phi.h"
+#include "prompt.h"
+#include "sampler.h"
+#include "stopper.h"
+#include "tokenizer.h"
+#include "vision.h"
+
+#define ASK_MAX_IMAGE_BYTES (64u << 20)
+
+typedef struct {
+    const char *model, *image, *question;
+    sampler_params sp;
+    int max_tokens;   /* 0: the manifest default */
+    int threads;
+    int json;
+} ask_opts;
+
+typedef struct {             /* everything ask loads; ask_free releases it */
+    manifest *mf;
+    tokenizer *tok;
+    kern_be *be;
+    vision_model *vm;
+    phi_model *lm;
+} ask_engine;
+
+typedef struct {
+    int32_t *tokens;
+    int n_tokens, prompt_rows;
+    const char *finish;      /* "stop" or "length" */
+    char *text;              /* the answer as printed (after stop-string cutting) */
+    size_t text_len;
+    double load_s, vision_s, prefill_s, decode_s;
+} ask_result;
+
+static double ask_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void ask_usage(FILE *f) {
+    fprintf(f,
+            "usage: tinyvlm ask --model BUNDLE --image FILE [options] \"question\"\n\n"
+            "Answers one question about one image and streams the answer to stdout.\n\n"
+            "  --model DIR             bundle folder (tinyvlm convert writes one)\n"
+            "  --image FILE            JPEG or PNG\n"
+            "  --greedy                argmax decoding, no repetition penalty unless given\n"
+            "  --temperature T         default: the bundle's (TinyGPT-V: 0.6)\n"
+            "  --top-p P               default: the bundle's (0.9)\n"
+            "  --top-k K               default: the bundle's (0 = off)\n"
+            "  --repetition-penalty R  over generated tokens; default: the bundle's (1.05)\n"
+            "  --seed N                sampling seed (default 0)\n"
+            "  --max-tokens N          new tokens at most; default: the bundle's (500)\n"
+            "  --threads N             compute threads (default: all cores)\n"
+            "  --json                  print one JSON object (answer, tokens, timings) instead\n"
+            "environment: TINYVLM_THREADS, TINYVLM_LOG\n");
+}
+
+/* Parses argv into o; returns -1 on success, else the exit code to return (0 for --help). */
+static int ask_parse(int argc, char **argv, ask_opts *o) {
+    const char *env = getenv("TINYVLM_THREADS");
+    o->threads = env ? atoi(env) : 0;
+    o->sp.temperature = NAN, o->sp.top_p = NAN, o->sp.top_k = -1, o->sp.repetition_penalty = NAN; /* unset */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes = 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { ask_usage(stdout); return 0; }
+        else if (!strcmp(a, "--greedy")) { o->sp.greedy = 1; takes = 0; }
+        else if (!strcmp(a, "--json")) { o->json = 1; takes = 0; }
+        else if (a[0] == '-' && a[1] == '-' && !v) {
+            fprintf(stderr, "tinyvlm ask: %s needs a value\n", a);
+            return 2;
+        } else if (!strcmp(a, "--model")) o->model = v;
+        else if (!strcmp(a, "--image")) o->image = v;
+        else if (!strcmp(a, "--temperature")) o->sp.temperature = (float)atof(v);
+        else if (!strcmp(a, "--top-p")) o->sp.top_p = (float)atof(v);
+        else if (!strcmp(a, "--top-k")) {
+            if ((o->sp.top_k = atoi(v)) < 0) {
+                fprintf(stderr, "tinyvlm ask: --top-k must be >= 0\n");
+                return 2;
+            }
+        }
+        else if (!strcmp(a, "--repetition-penalty")) o->sp.repetition_penalty = (float)atof(v);
+        else if (!strcmp(a, "--seed")) o->sp.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--max-tokens")) o->max_tokens = atoi(v);
+        else if (!strcmp(a, "--threads")) o->threads = atoi(v);
+        else if (a[0] == '-' && a[1] == '-') {
+            fprintf(stderr, "tinyvlm ask: unknown option %s\n", a);
+            return 2;
+        } else if (!o->question) { o->question = a; takes = 0; }
+        else { fprintf(stderr, "tinyvlm ask: one question only (quote it)\n"); return 2; }
+        i += takes;
+    }
+    if (!o->model || !o->image || !o->question) {
+        ask_usage(stderr);
+        return 2;
+    }
+    if (o->max_tokens < 0 || o->threads < 0) {
+        fprintf(stderr, "tinyvlm ask: --max-tokens and --threads must be >= 0\n");
+        return 2;
+    }
+    return -1;
+}
+
+static void ask_free(ask_engine *e) {
+    phi_free(e->lm);
+    vision_free(e->vm);
+    kern_free(e->be);
+    tok_free(e->tok);
+    manifest_free(e->mf);
+}
+
+static int ask_load(const ask_opts *o, ask_engine *e) {
+    int rc = manifest_load(o->model, &e->mf);
+    if (!rc) rc = tok_load(e->mf->tokenizer_path, &e->tok);
+    if (!rc) rc = kern_cpu_new(o->threads, KERN_ISA_AUTO, &e->be);
+    if (!rc) rc = vision_load(e->mf, e->be, 1, &e->vm);
+    if (!rc) rc = phi_load(e->mf, e->be, 1, 0, &e->lm);
+    return rc;
+}
+
+/* Image file -> [Q, d] embeddings (emb is the caller's). */
+static int ask_encode_image(ask_engine *e, const char *path, float *emb) {
+    char *bytes = NULL;
+    size_t len = 0;
+    int rc = mf_read_all(path, ASK_MAX_IMAGE_BYTES, &bytes, &len);
+    if (rc) return rc;
+    int S = vision_image_size(e->vm);
+    float *pixels = tv_xmalloc(sizeof(float) * 3 * (size_t)S * S);
+    rc = img_preprocess(bytes, len, NULL, S, e->mf->vision.mean, e->mf->vision.std, pixels);
+    if (rc) err_wrap(rc, "%s", path);
+    if (!rc) rc = vision_encode(e->vm, pixels, 1, emb);
+    free(pixels);
+    free(bytes);
+    return rc;
+}
+
+static int is_stop_token(const manifest *mf, int32_t t) {
+    for (int i = 0; i < mf->chat.n_stop_token_ids; i++)
+        if (mf->chat.stop_token_ids[i] == t) return 1;
+    return 0;
+}
+
+static void ask_emit(ask_result *r, const char *s, size_t n, int stream) {
+    if (!n) return;
+    r->text = tv_xrealloc(r->text, r->text_len + n + 1);
+    memcpy(r->text + r->text_len, s, n);
+    r->text_len += n;
+    r->text[r->text_len] = 0;
+    if (stream) {
+        fwrite(s, 1, n, stdout);
+        fflush(stdout);
+    }
+}
+
+/* Passes one token's text through the UTF-8 stream decoder and the stop strings; returns 1 when
+ * a stop string ended the answer. */
+static int ask_text(tok_stream *ts, stopper *st, int32_t t, ask_result *r, int stream) {
+    const char *piece = "", *out;
+    size_t n = 0, on;
+    if (t >= 0 && tok_stream_push(ts, t, &piece, &n) != 0) n = 0; /* padding row: no text */
+    int stopped = stopper_push(st, piece, n, &out, &on);
+    ask_emit(r, out, on, stream);
+    return stopped;
+}
+
+/* Prefill the prompt, then sample until a stop token, a stop string, max_tokens or the context
+ * is full. */
+static int ask_generate(ask_engine *e, const ask_opts *o, const float *image, ask_result *r) {
+    const manifest *mf = e->mf;
+    int V = phi_get_config(e->lm)->vocab, d = phi_get_config(e->lm)->width;
+    int max_new = o->max_tokens ? o->max_tokens : mf->chat.defaults.max_new_tokens;
+    sampler_params sp = o->sp;
+    const manifest_sampling *def = &mf->chat.defaults;
+    if (isnan(sp.temperature)) sp.temperature = def->temperature;
+    if (isnan(sp.top_p)) sp.top_p = def->top_p;
+    if (sp.top_k < 0) sp.top_k = def->top_k;
+    /* --greedy is plain argmax (the benchmark setting) unless a penalty is asked for. */
+    if (isnan(sp.repetition_penalty)) sp.repetition_penalty = sp.greedy ? 1.0f : def->repetition_penalty;
+    if (sp.temperature == 0) sp.greedy = 1;
+
+    prompt_ids p = {0};
+    sampler *smp = NULL;
+    stopper *st = NULL;
+    tok_stream *ts = NULL;
+    float *emb = NULL, *logits = tv_xmalloc(sizeof(float) * (size_t)V);
+    int rc = prompt_first(mf, e->tok, o->question, &p);
+    if (!rc) rc = sampler_new(V, &sp, &smp);
+    if (!rc) rc = stopper_new((const char *const *)mf->chat.stop_strings, mf->chat.n_stop_strings, &st);
+    if (!rc && !(ts = tok_stream_new(e->tok, TOK_SKIP_SPECIAL)))
+        rc = err_set(TV_EINTERNAL, "cannot create the token stream");
+    int64_t rows = rc ? 0 : prompt_rows(&p, vision_tokens(e->vm));
+    if (!rc && (rows < 1 || rows > phi_max_context(e->lm)))
+        rc = err_set(TV_ELIMIT, "the prompt is %lld positions; the model's context is %d",
+                     (long long)rows, phi_max_context(e->lm));
+    if (!rc) {
+        emb = tv_xmalloc(sizeof(float) * (size_t)rows * d);
+        rc = prompt_embed(e->lm, &p, image, vision_tokens(e->vm), emb, rows);
+    }
+    double t0 = ask_now();
+    if (!rc) rc = phi_prefill(e->lm, 0, emb, (int)rows, 0, logits);
+    r->prompt_rows = (int)rows;
+    r->prefill_s = ask_now() - t0;
+    t0 = ask_now();
+    r->tokens = tv_xmalloc(sizeof(int32_t) * (size_t)(max_new + 1));
+    r->finish = "length";
+    int stream = !o->json;
+    while (!rc && r->n_tokens < max_new) {
+        int32_t t = sampler_next(smp, logits, r->tokens, r->n_tokens);
+        r->tokens[r->n_tokens++] = t;
+        if (is_stop_token(mf, t) || ask_text(ts, st, t, r, stream)) {
+            r->finish = "stop";
+            break;
+        }
+        if (r->n_tokens == max_new || phi_seq_len(e->lm, 0) >= phi_max_context(e->lm)) break;
+        rc = phi_decode(e->lm, 1, (int[]){0}, &t, logits);
+    }
+    if (!rc) { /* the held-back tail: an unfinished UTF-8 character or stop-string prefix */
+        const char *tail, *out;
+        size_t n, on;
+        tok_stream_flush(ts, &tail, &n);
+        if (!stopper_push(st, tail, n, &out, &on)) {
+            ask_emit(r, out, on, stream);
+            stopper_flush(st, &out, &on);
+        }
+        ask_emit(r, out, on, stream);
+    }
+    r->decode_s = ask_now() - t0;
+    tok_stream_free(ts);
+    stopper_free(st);
+    sampler_free(smp);
+    prompt_ids_free(&p);
+    free(emb);
+    free(logits);
+    return rc;
+}
+
+static void ask_print_json(const ask_result *r) {
+    cJSON *o = cJSON_CreateObject(), *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "answer", r->text ? r->text : "");
+    cJSON_AddItemToObject(o, "tokens", cJSON_CreateIntArray(r->tokens, r->n_tokens));
+    cJSON_AddStringToObject(o, "finish_reason", r->finish);
+    cJSON_AddNumberToObject(o, "prompt_positions", r->prompt_rows);
+    cJSON_AddNumberToObject(t, "load_s", r->load_s);
+    cJSON_AddNumberToObject(t, "vision_s", r->vision_s);
+    cJSON_AddNumberToObject(t, "prefill_s", r->prefill_s);
+    cJSON_AddNumberToObject(t, "decode_s", r->decode_s);
+    cJSON_AddNumberToObject(t, "decode_tokens_per_s", r->decode_s > 0 ? r->n_tokens / r->decode_s : 0);
+    cJSON_AddItemToObject(o, "timings", t);
+    char *s = cJSON_Print(o);
+    puts(s);
+    free(s);
+    cJSON_Delete(o);
+}
+
+int cli_ask(int argc, char **argv) {
+    ask_opts o = {0};
+    int code = ask_parse(argc, argv, &o);
+    if (code >= 0) return code;
+    ask_engine e = {0};
+    ask_result r = {0};
+    double t0 = ask_now();
+    int rc = ask_load(&o, &e);
+    r.load_s = ask_now() - t0;
+    float *image = NULL;
+    if (!rc) {
+        image = tv_xmalloc(sizeof(float) * (size_t)vision_tokens(e.vm) * vision_dim(e.vm));
+        t0 = ask_now();
+        rc = ask_encode_image(&e, o.image, image);
+        r.vision_s = ask_now() - t0;
+    }
+    if (!rc) rc = ask_generate(&e, &o, image, &r);
+    if (!rc && o.json) ask_print_json(&r);
+    else if (!rc) putchar('\n');
+    if (rc) fprintf(stderr, "tinyvlm ask: %s\n", err_msg());
+    free(image);
+    free(r.tokens);
+    free(r.text);
+    ask_free(&e);
+    return rc ? 1 : 0;
+}
