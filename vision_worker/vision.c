@@ -239,6 +239,7 @@ static int run_projections(vision_model *vm, int B, float *emb) {
 int vision_encode(vision_model *vm, const float *pixels, int B, float *emb) {
     if (B < 1 || B > vm->max_batch)
         return err_set(TV_EINVAL, "vision: batch of %d images outside 1..%d", B, vm->max_batch);
+    if (!pixels || !emb) return err_set(TV_EINVAL, "vision: NULL pixels or embeddings");
     int rc = vit_forward(vm->be, &vm->vit, &vm->vw, pixels, B, &vm->vs, vm->img);
     if (rc == 0) rc = qformer_forward(vm->be, &vm->qf, &vm->qw, vm->img, B, &vm->qs);
     if (rc == 0) rc = run_projections(vm, B, emb);

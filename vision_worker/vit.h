@@ -5,7 +5,8 @@
  *               x += fc2(gelu_erf(fc1(LN2 x)))
  *   out = ln_vision(x)                                       no final norm inside the ViT
  *
- * A batch of B images runs every matmul as one [B*T, .] product; attention is per image.
+ * A batch of B images runs every matmul as one [B*T, .] product; attention is per image and
+ * per head, as two matmuls (scores, then probabilities · v) through kern_matmul.
  * Weights are borrowed views (vision.h); scratch is allocated once by vit_scratch_init and the
  * forward functions never allocate. */
 #ifndef TV_VIT_H

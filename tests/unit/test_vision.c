@@ -1,9 +1,9 @@
 /* test_vision — the vision encoder against the PyTorch reference (tools/tinygptv/):
  *   (a) one EVA block at the real width (1408, 16 x 88, MLP 6144), weights regenerated with a C
  *       port of tools/tinygptv/detrand.py, against blocks.safetensors;
- *   (b) the tiny TinyGPT-V end to end: `tinyvlm convert` (conv_run) at f32 into a temp bundle,
- *       then ViT out, ln_vision, Q-Former out, proj1 and the image embeddings against
- *       tiny.safetensors;
+ *   (b) the tiny TinyGPT-V end to end: `tinyvlm convert` (conv_run) into a temp bundle, then
+ *       ViT out, ln_vision, Q-Former out, proj1 and the image embeddings against
+ *       tiny.safetensors: f32 within 1e-4 of the output's magnitude, f16/q8/q4 bundles looser;
  *   (c) a batch of 3 different images gives per image what 3 single-image runs give;
  *   plus loader errors (missing tensor, wrong shape, wrong dtype) on a model built in memory. */
 #include <math.h>
