@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "convert.h"
 #include "manifest.h"
 #include "ops.h"
 #include "qformer.h"
@@ -21,18 +22,6 @@
 #include "vision.h"
 #include "vit.h"
 
-/* (b) needs conv_run from cli/convert.c (helper "conv"), which lands separately: the test is
- * compiled in when that file exists (or -DVIS_HAVE_CONVERT=0/1 forces it). */
-#ifndef VIS_HAVE_CONVERT
-#if __has_include("../../cli/convert.c")
-#define VIS_HAVE_CONVERT 1
-#else
-#define VIS_HAVE_CONVERT 0
-#endif
-#endif
-#if VIS_HAVE_CONVERT
-#include "convert.h"
-#endif
 
 /* ---- comparison ------------------------------------------------------------------------- */
 
@@ -159,7 +148,6 @@ static void test_eva_block(kern_be *be) {
 
 /* ---- (b) the tiny model end to end through `tinyvlm convert` ----------------------------- */
 
-#if VIS_HAVE_CONVERT
 static void compare(const char *dtype, const char *what, const float *got, const st_file *g,
                     const char *name, int64_t n, double tol) {
     const float *ref = golden(g, name, n);
@@ -223,7 +211,6 @@ static void test_tiny_end_to_end(kern_be *be, const char *dtype, double tol) {
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);
 }
-#endif
 
 /* ---- a random model in memory (batch and loader tests) ----------------------------------- */
 
@@ -374,15 +361,11 @@ int main(void) {
     if (!be) return check_finish("test_vision");
     test_detrand_known_answers();
     test_eva_block(be);
-#if VIS_HAVE_CONVERT
     test_tiny_end_to_end(be, "f32", 1e-4);
     /* the other storage types: looser, but each still far below a wrong model's error (~1) */
     test_tiny_end_to_end(be, "f16", 3e-3);
     test_tiny_end_to_end(be, "q8", 2e-2);
     test_tiny_end_to_end(be, "q4", 2.5e-1);
-#else
-    printf("test_vision: (b) tiny end to end compiled out: cli/convert.c not available\n");
-#endif
     manifest *m = NULL;
     CHECK_OK(manifest_load(check_data("manifest"), &m));
     if (m) test_batch(be, m);
