@@ -49,7 +49,7 @@ static int cfg_num(const cJSON *root, const char *key, double dflt, int required
 }
 
 static int cfg_int(const cJSON *root, const char *key, int lo, int hi, const char *path, int *out) {
-    double v;
+    double v = 0;
     int rc = cfg_num(root, key, 0, 1, path, &v);
     if (rc) return rc;
     if (v != (double)(long long)v || v < lo || v > hi)

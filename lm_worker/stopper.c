@@ -49,8 +49,11 @@ void stopper_reset(stopper *s) {
     s->stopped = 0;
 }
 
+/* The pointer handed out is never NULL, even before the first allocation. */
+static const char *out_ptr(const stopper *s) { return s->out ? s->out : ""; }
+
 static void emit(stopper *s, size_t n, const char **out, size_t *out_len) {
-    *out = s->out;
+    *out = out_ptr(s);
     *out_len = n;
     if (n == 0) return; /* buffers may still be NULL */
     if (n > s->out_cap) {
@@ -87,7 +90,7 @@ static size_t held_tail(const stopper *s) {
 }
 
 int stopper_push(stopper *s, const char *text, size_t len, const char **out, size_t *out_len) {
-    *out = s->out;
+    *out = out_ptr(s);
     *out_len = 0;
     if (s->stopped) return 1;
     if (s->len + len > s->cap) {
@@ -108,7 +111,7 @@ int stopper_push(stopper *s, const char *text, size_t len, const char **out, siz
 }
 
 void stopper_flush(stopper *s, const char **out, size_t *out_len) {
-    *out = s->out;
+    *out = out_ptr(s);
     *out_len = 0;
     if (!s->stopped) emit(s, s->len, out, out_len);
 }

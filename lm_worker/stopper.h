@@ -18,7 +18,7 @@ int stopper_new(const char *const *strings, int n, stopper **out);
 void stopper_free(stopper *s);
 
 /* Appends len bytes. Sets *out and *out_len to the text that is now safe to emit (valid until the
- * next call; not NUL-terminated) and returns 1 if a stop string was found (the emitted text ends
+ * next call, never NULL; not NUL-terminated) and returns 1 if a stop string was found (the emitted text ends
  * right before it; later pushes emit nothing), else 0. */
 int stopper_push(stopper *s, const char *text, size_t len, const char **out, size_t *out_len);
 

@@ -54,6 +54,7 @@ static int gfile_load(gfile *g, const char *rel) {
     memset(g, 0, sizeof *g);
     if (mf_read_all(check_data(rel), 64u << 20, &g->buf, &g->len)) return -1;
     const char *magic = rd_bytes(g, 4);
+    if (g->bad) return -1; /* shorter than its magic */
     int dec_only = memcmp(magic, "TVTD", 4) == 0;
     if (!dec_only && memcmp(magic, "TVTK", 4) != 0) return -1;
     uint32_t n = rd_u32(g);

@@ -217,7 +217,7 @@ static void test_tiny_end_to_end(kern_be *be, const char *dtype, double tol) {
 #define MEM_MAX 128
 typedef struct {
     tensor_view t[MEM_MAX];
-    char names[MEM_MAX][64];
+    char names[MEM_MAX][80]; /* prefix (< 64) + ".weight" */
     float *bufs[MEM_MAX];
     int n;
     uint64_t seed;
@@ -246,7 +246,7 @@ static void mem_add(mem_model *mm, const char *name, int ndim, int64_t d0, int64
 }
 
 static void mem_lin(mem_model *mm, const char *p, int64_t n, int64_t k) {
-    char name[64];
+    char name[80];
     snprintf(name, sizeof name, "%s.weight", p);
     mem_add(mm, name, 2, n, k, 1.0f / sqrtf((float)k), 0);
     snprintf(name, sizeof name, "%s.bias", p);
@@ -254,7 +254,7 @@ static void mem_lin(mem_model *mm, const char *p, int64_t n, int64_t k) {
 }
 
 static void mem_ln(mem_model *mm, const char *p, int64_t n) {
-    char name[64];
+    char name[80];
     snprintf(name, sizeof name, "%s.weight", p);
     mem_add(mm, name, 1, n, 0, 0.2f, 1);
     snprintf(name, sizeof name, "%s.bias", p);
