@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "detrand.h"
 #include "mapfile.h"
 #include "ops.h"
 #include "phi.h"
@@ -29,29 +30,16 @@
 
 /* ---- detrand (tools/tinygptv/detrand.py, same algorithm) ------------------------------------ */
 
-static void detrand(uint64_t seed, uint64_t id, int64_t n, int e, float offset, float *out) {
-    const uint64_t golden = 0x9E3779B97F4A7C15ull;
-    float step = ldexpf(1.0f, e - 23);
-    for (int64_t i = 0; i < n; i++) {
-        uint64_t z = seed + ((id << 40) + (uint64_t)i + 1) * golden;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z = z ^ (z >> 31);
-        float v = (float)((int64_t)(z >> 40) - (1 << 23)) * step;
-        out[i] = offset != 0.0f ? v + offset : v;
-    }
-}
-
 static void test_detrand_kat(void) {
     /* printed by `python3 tools/tinygptv/detrand.py` */
     const double a[4] = {0.4613330364227295, 0.18577969074249268, -0.5957343578338623,
                          -0.3876265287399292};
     const double b[2] = {0.980726420879364, 0.985669732093811};
     float v[4];
-    detrand(1234, 0, 4, 0, 0.0f, v);
+    detrand_fill(1234, 0, 4, 0, 0.0f, v);
     for (int i = 0; i < 4; i++)
         CHECK(v[i] == (float)a[i]);
-    detrand(1234, 7, 2, -5, 1.0f, v);
+    detrand_fill(1234, 7, 2, -5, 1.0f, v);
     for (int i = 0; i < 2; i++)
         CHECK(v[i] == (float)b[i]);
 }
@@ -64,7 +52,7 @@ static float *gen_tensor(const cJSON *spec, uint64_t seed, int64_t *numel) {
     for (const cJSON *s = shape ? shape->child : NULL; s; s = s->next)
         n *= (int64_t)s->valuedouble;
     float *out = tv_xmalloc((size_t)n * sizeof(float));
-    detrand(seed, (uint64_t)cJSON_GetObjectItem(spec, "tensor_id")->valuedouble, n,
+    detrand_fill(seed, (uint64_t)cJSON_GetObjectItem(spec, "tensor_id")->valuedouble, n,
             (int)cJSON_GetObjectItem(spec, "exponent")->valuedouble,
             (float)cJSON_GetObjectItem(spec, "offset")->valuedouble, out);
     *numel = n;
@@ -228,7 +216,7 @@ static void small_init(small_model *s) {
     uint64_t id = 1000;
 #define TAKE(ptr, count, e, off)                                                           \
     do {                                                                                   \
-        detrand(77, id++, (count), (e), (off), p);                                         \
+        detrand_fill(77, id++, (count), (e), (off), p);                                         \
         ptr = p;                                                                           \
         p += (count);                                                                      \
     } while (0)

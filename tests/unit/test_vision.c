@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "detrand.h"
 #include "convert.h"
 #include "manifest.h"
 #include "ops.h"
@@ -44,17 +45,6 @@ static const float *golden(const st_file *f, const char *name, int64_t numel) {
 }
 
 /* ---- detrand (tools/tinygptv/detrand.py, ported) ------------------------------------------ */
-
-/* Element i of tensor `id`: uniform in [-2^e, 2^e), exact in f32, plus offset in one f32 add. */
-static float detrand_at(uint64_t seed, uint64_t id, uint64_t i, int e, float offset) {
-    uint64_t z = seed + ((id << 40) + i + 1) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z = z ^ (z >> 31);
-    int64_t k = (int64_t)(z >> 40) - (1 << 23);
-    float v = (float)k * ldexpf(1.0f, e - 23);
-    return offset != 0.0f ? v + offset : v;
-}
 
 static float *detrand(uint64_t seed, int id, int64_t n, int e, float offset) {
     float *out = tv_xmalloc((size_t)n * sizeof(float));
