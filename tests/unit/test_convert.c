@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "tiny_model.h"
 #include "convert.h"
 #include "convert_int.h"
 #include "hash.h"
@@ -23,7 +24,7 @@
 #include "quant.h"
 #include "safetensors.h"
 
-#define MODEL TV_TEST_DATA "/tinygptv/model"
+#define MODEL TINY_MODEL_DIR
 /* tests/data/tinygptv/tiny.json: the tiny model's settings */
 #define W 88      /* ViT width, 2 heads */
 #define D 48      /* Q-Former width, 2 heads */
@@ -42,17 +43,6 @@ static char *path_in(const char *sub, const char *file) {
     k = (k + 1) % 4;
     snprintf(buf[k], sizeof buf[k], "%s/%s%s%s", tmpdir, sub, file ? "/" : "", file ? file : "");
     return buf[k];
-}
-
-static void opts_tiny(conv_opts *o, const char *phi, const char *out, const char *dtype) {
-    conv_opts_init(o);
-    o->phi_dir = phi;
-    o->eva_path = MODEL "/eva_vit_g.pth";
-    o->blip2_path = MODEL "/blip2_pretrained_flant5xxl.pth";
-    o->stage4_path = MODEL "/TinyGPT-V_for_Stage4.pth";
-    o->out_dir = out;
-    o->dtype = dtype;
-    o->vit_heads = 2, o->qformer_heads = 2; /* not derivable from shapes: 88/44, 48/24 */
 }
 
 static float at_f32(const tensor_view *t, int64_t i) {
@@ -485,7 +475,7 @@ static void make_sharded(const char *dir) {
 static void check_failures(void) {
     conv_opts o;
     /* the EVA file where the BLIP-2 file belongs: every BLIP-2 tensor is missing, listed */
-    opts_tiny(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
+    tiny_conv_opts(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
     o.blip2_path = MODEL "/eva_vit_g.pth";
     err_clear();
     int rc = conv_run(&o);
@@ -507,22 +497,22 @@ static void check_failures(void) {
         if (f) fclose(f);
         mf_free(mf);
     }
-    opts_tiny(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
+    tiny_conv_opts(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
     o.stage4_path = path_in("trunc.pth", NULL);
     CHECK_FAILS(conv_run(&o));
 
     /* missing files, bad options */
-    opts_tiny(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
+    tiny_conv_opts(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
     o.eva_path = MODEL "/nonexistent.pth";
     CHECK_FAILS(conv_run(&o));
-    opts_tiny(&o, MODEL, path_in("bad", NULL), "f32"); /* no config.json there */
+    tiny_conv_opts(&o, MODEL, path_in("bad", NULL), "f32"); /* no config.json there */
     CHECK_FAILS(conv_run(&o));
-    opts_tiny(&o, MODEL "/phi_fused", path_in("bad", NULL), "f8");
+    tiny_conv_opts(&o, MODEL "/phi_fused", path_in("bad", NULL), "f8");
     CHECK_FAILS(conv_run(&o));
-    opts_tiny(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
+    tiny_conv_opts(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
     o.image_size = 90; /* not a multiple of 14 */
     CHECK_FAILS(conv_run(&o));
-    opts_tiny(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
+    tiny_conv_opts(&o, MODEL "/phi_fused", path_in("bad", NULL), "f32");
     o.vit_heads = 3; /* 88 is not divisible by 3 */
     CHECK_FAILS(conv_run(&o));
     CHECK(stat(path_in("bad", "tinyvlm.json"), &st) != 0);
@@ -564,25 +554,25 @@ int main(void) {
     }
     check_cubic();
     conv_opts o;
-    opts_tiny(&o, MODEL "/phi_fused", path_in("f32", NULL), "f32");
+    tiny_conv_opts(&o, MODEL "/phi_fused", path_in("f32", NULL), "f32");
     CHECK_OK(conv_run(&o));
     check_manifest(path_in("f32", NULL), "f32");
     check_contract("f32", "f32");
     check_pos_embed("f32");
     check_lm_values("f32");
 
-    opts_tiny(&o, MODEL "/phi_split", path_in("split", NULL), "f32");
+    tiny_conv_opts(&o, MODEL "/phi_split", path_in("split", NULL), "f32");
     CHECK_OK(conv_run(&o));
     check_same_lm("f32", "split", 1e-6);
 
     make_sharded(path_in("phi_sharded", NULL));
-    opts_tiny(&o, path_in("phi_sharded", NULL), path_in("sharded", NULL), "f32");
+    tiny_conv_opts(&o, path_in("phi_sharded", NULL), path_in("sharded", NULL), "f32");
     CHECK_OK(conv_run(&o));
     check_same_lm("f32", "sharded", 0);
 
     static const char *const dts[] = {"f16", "bf16", "q8", "q4"};
     for (int i = 0; i < 4; i++) {
-        opts_tiny(&o, MODEL "/phi_fused", path_in(dts[i], NULL), dts[i]);
+        tiny_conv_opts(&o, MODEL "/phi_fused", path_in(dts[i], NULL), dts[i]);
         CHECK_OK(conv_run(&o));
         check_manifest(path_in(dts[i], NULL), dts[i]);
         check_contract(dts[i], dts[i]);

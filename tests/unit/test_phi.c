@@ -19,14 +19,8 @@
 #include "phi.h"
 #include "safetensors.h"
 
-/* (b) needs the converter (cli/convert.c). Set to 0 to build without it; at 0 the test says
- * it skipped (b). */
-#define PHI_TEST_CONVERT 1
-#if PHI_TEST_CONVERT
-#include "convert.h"
 #include "manifest.h"
-#define HAVE_CONVERT 1
-#endif
+#include "tiny_model.h"
 
 /* ---- detrand (tools/tinygptv/detrand.py, same algorithm) ------------------------------------ */
 
@@ -402,45 +396,19 @@ out:
 
 /* ---- (b) the tiny TinyGPT-V through tinyvlm convert ----------------------------------------- */
 
-#ifdef HAVE_CONVERT
-static char *data_path(const char *rel) {
-    const char *p = check_data(rel);
-    char *s = tv_xmalloc(strlen(p) + 1);
-    strcpy(s, p);
-    return s;
-}
-
 /* Converts the tiny original checkpoints into dir/<dtype> and loads its LM. */
 static int tiny_load(kern_be *be, const char *dir, const char *dtype, const char *phi_folder,
                      manifest **mf, phi_model **m) {
-    char out[512], rel[128];
+    char out[512], phi[512];
     snprintf(out, sizeof out, "%s/%s", dir, dtype);
-    snprintf(rel, sizeof rel, "tinygptv/model/%s", phi_folder);
-    char *phi = data_path(rel), *eva = data_path("tinygptv/model/eva_vit_g.pth"),
-         *blip = data_path("tinygptv/model/blip2_pretrained_flant5xxl.pth"),
-         *st4 = data_path("tinygptv/model/TinyGPT-V_for_Stage4.pth"),
-         *tok = data_path("tinygptv/model/tokenizer.json");
+    snprintf(phi, sizeof phi, "%s/%s", TINY_MODEL_DIR, phi_folder);
     conv_opts o;
-    conv_opts_init(&o);
-    o.phi_dir = phi;
-    o.eva_path = eva;
-    o.blip2_path = blip;
-    o.stage4_path = st4;
-    o.tokenizer_path = tok;
-    o.out_dir = out;
-    o.dtype = dtype;
-    o.vit_heads = 2;     /* tiny.json model.vit.heads: 88 wide, not ViT-g's 88-dim heads */
-    o.qformer_heads = 2; /* tiny.json model.qformer.heads */
+    tiny_conv_opts(&o, phi, out, dtype);
     int rc = conv_run(&o);
     if (!rc)
         rc = manifest_load(out, mf);
     if (!rc)
         rc = phi_load(*mf, be, 1, 0, m);
-    free(phi);
-    free(eva);
-    free(blip);
-    free(st4);
-    free(tok);
     return rc;
 }
 
@@ -526,7 +494,6 @@ static void test_tiny(kern_be *be) {
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     CHECK(system(cmd) == 0);
 }
-#endif
 
 int main(void) {
     kern_be *be = NULL;
@@ -536,11 +503,7 @@ int main(void) {
     test_detrand_kat();
     test_real_layer(be);
     test_batched(be);
-#ifdef HAVE_CONVERT
     test_tiny(be);
-#else
-    printf("test_phi: PHI_TEST_CONVERT is 0: tiny end-to-end test (b) skipped\n");
-#endif
     phi_free(NULL);
     kern_free(be);
     return check_finish("test_phi");

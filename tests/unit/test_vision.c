@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "tiny_model.h"
 #include "detrand.h"
 #include "convert.h"
 #include "manifest.h"
@@ -152,25 +153,9 @@ static void compare(const char *dtype, const char *what, const float *got, const
 static void test_tiny_end_to_end(kern_be *be, const char *dtype, double tol) {
     char dir[] = "/tmp/tv_vision_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
-    char model[4096], eva[4200], blip[4200], st4[4200], phi[4200], tok[4200];
-    snprintf(model, sizeof model, "%s", check_data("tinygptv/model"));
-    snprintf(eva, sizeof eva, "%s/eva_vit_g.pth", model);
-    snprintf(blip, sizeof blip, "%s/blip2_pretrained_flant5xxl.pth", model);
-    snprintf(st4, sizeof st4, "%s/TinyGPT-V_for_Stage4.pth", model);
-    snprintf(phi, sizeof phi, "%s/phi_fused", model);
-    snprintf(tok, sizeof tok, "%s/tokenizer.json", model);
     conv_opts o;
-    conv_opts_init(&o);
-    o.phi_dir = phi;
-    o.eva_path = eva;
-    o.blip2_path = blip;
-    o.stage4_path = st4;
-    o.tokenizer_path = tok;
-    o.out_dir = dir;
-    o.dtype = dtype;
+    tiny_conv_opts(&o, TINY_MODEL_DIR "/phi_fused", dir, dtype);
     o.image_size = 84;
-    o.vit_heads = 2;        /* the tiny widths are 2 x 44 and 2 x 24 */
-    o.qformer_heads = 2;
     CHECK_OK(conv_run(&o));
 
     manifest *m = NULL;
