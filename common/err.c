@@ -52,6 +52,8 @@ const char *err_name(int code) {
     case TV_ENOTFOUND: return "not found";
     case TV_EUNSUPPORTED: return "unsupported";
     case TV_EINTERNAL: return "internal error";
+    case TV_ETIMEOUT: return "timed out";
+    case TV_EAGAIN: return "busy, try again";
     default: return "unknown error";
     }
 }

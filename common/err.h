@@ -19,6 +19,8 @@ enum {
     TV_ENOTFOUND = -6,    /* a named thing (tensor, key, file) does not exist */
     TV_EUNSUPPORTED = -7, /* well-formed but not something we handle */
     TV_EINTERNAL = -8,    /* a bug or an external library failed unexpectedly */
+    TV_ETIMEOUT = -9,     /* nothing arrived within the time allowed */
+    TV_EAGAIN = -10,      /* busy or full right now; retrying later may work */
 };
 
 /* Records "msg" (printf-style) as this thread's last error and returns code, so callers write
