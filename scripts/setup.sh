@@ -5,11 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build tools, the libraries of DESIGN.md §6, and redis-server for the integration tests.
+# Build tools, the libraries of DESIGN.md §6, and for the integration tests redis-server plus
+# curl and jq (the tests talk to the gateway the way a user would).
 PACKAGES=(build-essential cmake pkg-config
           libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libhiredis-dev
           libturbojpeg0-dev libspng-dev libmicrohttpd-dev libcjson-dev libssl-dev libpcre2-dev
-          redis-server)
+          redis-server curl jq)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
