@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake pkg-config
           libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libhiredis-dev
           libturbojpeg0-dev libspng-dev libmicrohttpd-dev libcjson-dev libssl-dev libpcre2-dev
-          redis-server curl jq)
+          libcurl4-openssl-dev redis-server curl jq)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,2 +1,0 @@
-/* Keeps a library target valid while its folder has no sources yet. */
-typedef int tv_empty_translation_unit;
