@@ -12,7 +12,8 @@
  * sockets of the same msg_ctx. Other threads wake a socket's owner through an fd (eventfd/pipe)
  * passed to msg_poll.
  *
- * Memory: a msg filled by msg_recv owns all its strings and arrays; msg_clear frees them. A msg
+ * Memory: a msg filled by msg_recv owns all its strings and arrays; msg_clear frees them. Its
+ * strings are never NULL ("" when absent); an absent embedding has data == NULL. A msg
  * built by the caller for msg_send is only read (msg_send copies into the wire buffer); never
  * msg_clear a caller-built msg unless its pointers are malloc'd. */
 #ifndef TV_MSG_H
@@ -25,6 +26,18 @@
 
 /* Peer ids (worker ids) are at most this long, NUL included. */
 #define MSG_PEER_MAX 128
+
+/* Limits: msg_send refuses (TV_EINVAL) and msg_recv drops (TV_EFORMAT) anything beyond them, so a
+ * hostile or broken peer cannot make us allocate without bound. */
+#define MSG_FRAME_MAX (66u << 20)       /* one packed Envelope, bytes */
+#define MSG_MAX_IMAGE_BYTES (64u << 20) /* msg_encode.image_len */
+#define MSG_MAX_IMAGES 64               /* msg_generate.n_images */
+#define MSG_MAX_MESSAGES 256            /* msg_generate.n_messages */
+#define MSG_MAX_PARTS 256               /* msg_chat.n_parts */
+#define MSG_MAX_STOP 16                 /* msg_sampling.n_stop */
+#define MSG_MAX_STRING (1u << 20)       /* any string, bytes */
+#define MSG_MAX_CHUNK_TOKENS 4096       /* msg_chunk.n_tokens */
+#define MSG_MAX_EMB_BYTES (16u << 20)   /* msg_embedding.len */
 
 typedef enum {
     MSG_NONE = 0,
@@ -163,6 +176,10 @@ int msg_listen(msg_ctx *c, const char *endpoint, msg_sock **out);
  * waits for the peer: ZeroMQ reconnects by itself; messages sent while no peer is there are
  * dropped after the socket's send timeout rather than queued forever. */
 int msg_connect(msg_ctx *c, const char *endpoint, const char *identity, msg_sock **out);
+
+/* The endpoint s was bound or connected to; for a listening "tcp://HOST:*" the port actually
+ * bound (e.g. "tcp://127.0.0.1:41234"), which tests use to pick a free port. Points into s. */
+const char *msg_endpoint(const msg_sock *s);
 
 /* Closes the socket without lingering (pending outgoing messages are dropped). NULL: no-op. */
 void msg_close(msg_sock *s);
