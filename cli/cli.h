@@ -6,5 +6,6 @@
 int cli_inspect(int argc, char **argv);
 int cli_ask(int argc, char **argv);     /* cli/ask.c */
 int cli_convert(int argc, char **argv); /* cli/convert.c */
+int cli_index(int argc, char **argv);   /* cli/index.c */
 
 #endif

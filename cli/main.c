@@ -21,7 +21,7 @@ static const cli_command cli_commands[] = {
     {"gateway", NULL, "the HTTP API (distributed deployment)"},
     {"vision-worker", NULL, "image -> embeddings worker (distributed deployment)"},
     {"lm-worker", NULL, "embeddings + prompt -> tokens worker (distributed deployment)"},
-    {"index", NULL, "send a folder of images through /v1/embeddings"},
+    {"index", cli_index, "send a folder of images through /v1/embeddings"},
     {"bench", NULL, "benchmarks"},
 };
 #define CLI_NCOMMANDS (int)(sizeof cli_commands / sizeof cli_commands[0])
