@@ -29,6 +29,7 @@ typedef struct {
     sampler_params sp;
     int max_tokens;   /* 0: the manifest default */
     int threads;
+    const char *device;      /* "cpu" | "cuda" | "auto" */
     int json;
 } ask_opts;
 
@@ -69,6 +70,8 @@ static void ask_usage(FILE *f) {
             "  --seed N                sampling seed (default 0)\n"
             "  --max-tokens N          new tokens at most; default: the bundle's (500)\n"
             "  --threads N             compute threads (default: all cores)\n"
+            "  --device D              cpu, cuda or auto (default auto: the GPU when there is\n"
+            "                          one, else the CPU)\n"
             "  --json                  print one JSON object (answer, tokens, timings) instead\n"
             "environment: TINYVLM_THREADS, TINYVLM_LOG\n");
 }
@@ -101,6 +104,13 @@ static int ask_parse(int argc, char **argv, ask_opts *o) {
         else if (!strcmp(a, "--seed")) o->sp.seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--max-tokens")) o->max_tokens = atoi(v);
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
+        else if (!strcmp(a, "--device")) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) {
+                fprintf(stderr, "tinyvlm ask: --device must be cpu, cuda or auto\n");
+                return 2;
+            }
+            o->device = v;
+        }
         else if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, "tinyvlm ask: unknown option %s\n", a);
             return 2;
@@ -130,7 +140,7 @@ static void ask_free(ask_engine *e) {
 static int ask_load(const ask_opts *o, ask_engine *e) {
     int rc = manifest_load(o->model, &e->mf);
     if (!rc) rc = tok_load(e->mf->tokenizer_path, &e->tok);
-    if (!rc) rc = kern_cpu_new(o->threads, KERN_ISA_AUTO, &e->be);
+    if (!rc) rc = kern_new_device(o->device ? o->device : "auto", o->threads, &e->be);
     if (!rc) rc = vision_load(e->mf, e->be, 1, &e->vm);
     if (!rc) rc = phi_load(e->mf, e->be, 1, 0, &e->lm);
     return rc;

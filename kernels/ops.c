@@ -1,8 +1,13 @@
 /* kern_* wrappers: one place that validates arguments for every backend, then dispatches. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "cuda_info.h"
 #include "err.h"
+#include "log.h"
 #include "ops_backend.h"
+#include "ops_cuda.h"
 #include "quant.h"
 
 const char *kern_wtype_name(kern_wtype t) {
@@ -194,4 +199,168 @@ int kern_embed(kern_be *be, const void *table, dtype_id dt, int64_t vocab, int64
             return err_set(TV_EINVAL, "embed: id %d at position %lld is outside [0, %lld)",
                            (int)ids[i], (long long)i, (long long)vocab);
     return n ? be->ops->embed(be, table, dt, vocab, dim, ids, n, out) : TV_OK;
+}
+
+/* ---- device choice ----------------------------------------------------------------------- */
+
+int kern_new_device(const char *device, int threads, kern_be **out) {
+    if (!out) return err_set(TV_EINVAL, "kern_new_device: NULL out");
+    *out = NULL;
+    if (!device || !strcmp(device, "auto")) {
+        char name[96];
+        if (!cuda_info_built()) {
+            log_info("kern", "device auto: this binary has no CUDA backend, using the CPU");
+        } else if (cuda_info_devices(name, sizeof name) < 1) {
+            log_info("kern", "device auto: no CUDA GPU found, using the CPU");
+        } else {
+            int rc = kern_cuda_new(0, out);
+            if (rc == 0) return TV_OK;
+            log_warn("kern", "device auto: CUDA GPU %s failed to start (%s), using the CPU",
+                     name, err_msg());
+        }
+        return kern_cpu_new(threads, KERN_ISA_AUTO, out);
+    }
+    if (!strcmp(device, "cpu")) return kern_cpu_new(threads, KERN_ISA_AUTO, out);
+    if (!strcmp(device, "cuda")) {
+        if (!cuda_info_built()) return kern_cuda_new(0, out);   /* the stub's message */
+        if (cuda_info_devices(NULL, 0) < 1)
+            return err_set(TV_EUNSUPPORTED, "device cuda: no CUDA GPU is visible (driver "
+                           "missing, or CUDA_VISIBLE_DEVICES empty)");
+        return kern_cuda_new(0, out);
+    }
+    return err_set(TV_EINVAL, "unknown device \"%s\" (want cpu, cuda or auto)", device);
+}
+
+/* ---- memory: host defaults for backends without their own -------------------------------- */
+
+int kern_is_host(const kern_be *be) { return be && be->ops->alloc == NULL; }
+
+int kern_alloc(kern_be *be, size_t bytes, void **out) {
+    KERN_REQ("alloc", be && out, "NULL argument");
+    *out = NULL;
+    if (bytes == 0) bytes = 1;
+    if (be->ops->alloc) return be->ops->alloc(be, bytes, out);
+    /* calloc: large zeroed blocks (a KV cache) stay untouched pages until used */
+    void *p = calloc(1, bytes);
+    if (!p) return err_set(TV_ENOMEM, "alloc: cannot allocate %zu bytes", bytes);
+    *out = p;
+    return TV_OK;
+}
+
+void kern_release(kern_be *be, void *p) {
+    if (!be || !p) return;
+    if (be->ops->release) be->ops->release(be, p);
+    else free(p);
+}
+
+int kern_upload(kern_be *be, void *dst, const void *src, size_t bytes) {
+    KERN_REQ("upload", be && dst && src, "NULL argument");
+    if (!bytes) return TV_OK;
+    if (be->ops->upload) return be->ops->upload(be, dst, src, bytes);
+    memmove(dst, src, bytes);
+    return TV_OK;
+}
+
+int kern_download(kern_be *be, void *dst, const void *src, size_t bytes) {
+    KERN_REQ("download", be && dst && src, "NULL argument");
+    if (!bytes) return TV_OK;
+    if (be->ops->download) return be->ops->download(be, dst, src, bytes);
+    memmove(dst, src, bytes);
+    return TV_OK;
+}
+
+int kern_copy(kern_be *be, void *dst, const void *src, size_t bytes) {
+    return kern_copy2d(be, dst, bytes, src, bytes, bytes, 1);
+}
+
+int kern_copy2d(kern_be *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+                size_t width, size_t height) {
+    KERN_REQ("copy", be && dst && src, "NULL argument");
+    KERN_REQ("copy", dpitch >= width && spitch >= width, "pitch smaller than width");
+    if (!width || !height) return TV_OK;
+    if (be->ops->copy2d) return be->ops->copy2d(be, dst, dpitch, src, spitch, width, height);
+    for (size_t r = 0; r < height; r++)
+        memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    return TV_OK;
+}
+
+int kern_copy_rows(kern_be *be, int64_t n, void *const *dst, const void *src, size_t src_pitch,
+                   size_t width) {
+    KERN_REQ("copy_rows", be && (n == 0 || (dst && src)), "NULL argument");
+    KERN_REQ("copy_rows", n >= 0 && n <= KERN_DIM_MAX && src_pitch >= width, "bad sizes");
+    for (int64_t r = 0; r < n; r++)
+        if (!dst[r]) return err_set(TV_EINVAL, "copy_rows: destination %lld is NULL", (long long)r);
+    if (!n || !width) return TV_OK;
+    if (be->ops->copy_rows) return be->ops->copy_rows(be, n, dst, src, src_pitch, width);
+    for (int64_t r = 0; r < n; r++)
+        memmove(dst[r], (const char *)src + (size_t)r * src_pitch, width);
+    return TV_OK;
+}
+
+int kern_sync(kern_be *be) {
+    KERN_REQ("sync", be, "NULL backend");
+    return be->ops->sync ? be->ops->sync(be) : TV_OK;
+}
+
+int kern_const_new(kern_be *be, const void *src, size_t bytes, const void **out) {
+    KERN_REQ("const_new", be && src && out, "NULL argument");
+    if (!be->ops->const_new) {
+        *out = src;
+        return TV_OK;
+    }
+    *out = NULL;
+    return be->ops->const_new(be, src, bytes ? bytes : 1, out);
+}
+
+void kern_const_free(kern_be *be, const void *p) {
+    if (be && p && be->ops->const_free) be->ops->const_free(be, p);
+}
+
+size_t kern_weight_bytes(const kern_weight *w) {
+    size_t nk = (size_t)w->n * (size_t)w->k;
+    switch (w->type) {
+    case KERN_W_F32: return nk * 4;
+    case KERN_W_F16: case KERN_W_BF16: return nk * 2;
+    case KERN_W_Q8: return nk;
+    case KERN_W_Q4: return nk / 2;
+    }
+    return 0;
+}
+
+int kern_weight_upload(kern_be *be, const kern_weight *host, kern_weight *dev) {
+    KERN_REQ("weight_upload", be && host && dev && host->data, "NULL argument");
+    KERN_REQ("weight_upload", kern_dim_ok(host->n) && kern_dim_ok(host->k), "bad sizes");
+    int quant = host->type == KERN_W_Q8 || host->type == KERN_W_Q4;
+    KERN_REQ("weight_upload", !quant || host->scale, "quantised weight without scales");
+    kern_weight w = *host;
+    w.scale = NULL;
+    int rc = kern_const_new(be, host->data, kern_weight_bytes(host), &w.data);
+    if (!rc && quant) {
+        const void *s = NULL;
+        size_t sb = (size_t)host->n * (size_t)(host->k / QUANT_BLOCK) * sizeof(float);
+        rc = kern_const_new(be, host->scale, sb, &s);
+        w.scale = s;
+    }
+    if (rc) {
+        kern_weight_release(be, &w);
+        memset(dev, 0, sizeof *dev);
+        return rc;
+    }
+    *dev = w;
+    return TV_OK;
+}
+
+void kern_weight_release(kern_be *be, kern_weight *dev) {
+    if (!dev) return;
+    kern_const_free(be, dev->data);
+    kern_const_free(be, dev->scale);
+    memset(dev, 0, sizeof *dev);
+}
+
+int kern_device_info(kern_be *be, kern_device *out) {
+    KERN_REQ("device_info", be && out, "NULL argument");
+    memset(out, 0, sizeof *out);
+    if (be->ops->device_info) return be->ops->device_info(be, out);
+    snprintf(out->device, sizeof out->device, "cpu");
+    return TV_OK;
 }

@@ -15,6 +15,7 @@
 #ifndef TV_KERN_OPS_H
 #define TV_KERN_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "dtype.h"
@@ -52,6 +53,73 @@ void kern_free(kern_be *be);
 
 /* e.g. "cpu-avx2 x2" (backend, ISA, threads); static storage owned by be. */
 const char *kern_name(const kern_be *be);
+
+/* The backend for a device name: "cpu" (threads as kern_cpu_new), "cuda" (the first GPU; no GPU
+ * or a build without CUDA is TV_EUNSUPPORTED with a message) or "auto" / NULL (CUDA when this
+ * binary has it and a GPU is present, else the CPU with one log line saying why). Returns 0 and
+ * *out (free with kern_free), or an error. */
+int kern_new_device(const char *device, int threads, kern_be **out);
+
+/* ---- memory ------------------------------------------------------------------------------
+ * Activations, caches and weights live in the backend's memory space: host memory for the CPU
+ * backend (every call below is then malloc/memcpy/free, or nothing at all), device memory for
+ * CUDA. Model code allocates everything once with kern_alloc, moves data only with these calls,
+ * and never dereferences a backend pointer on the host unless kern_is_host(be).
+ * Exceptions, for every backend: index arrays (kern_rope's pos, kern_embed's ids) and the
+ * kern_kv descriptor array are HOST memory (the backend copies what it needs; they are small). */
+
+/* 1 if the backend's memory is the host's (plain pointers), 0 for a device backend. */
+int kern_is_host(const kern_be *be);
+
+/* *out = bytes (>= 1) of zeroed backend memory, aligned for any element type. Returns 0, or
+ * TV_ENOMEM with a message (the size is given). Free with kern_release (NULL is a no-op). */
+int kern_alloc(kern_be *be, size_t bytes, void **out);
+void kern_release(kern_be *be, void *p);
+
+/* Host -> backend, backend -> host, backend -> backend copies of bytes. kern_download returns
+ * once the data is on the host (it waits for the work queued before it). */
+int kern_upload(kern_be *be, void *dst, const void *src, size_t bytes);
+int kern_download(kern_be *be, void *dst, const void *src, size_t bytes);
+int kern_copy(kern_be *be, void *dst, const void *src, size_t bytes);
+
+/* 2-D backend -> backend copy: height rows of width bytes, row r from src + r*spitch to
+ * dst + r*dpitch (pitches >= width). */
+int kern_copy2d(kern_be *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+                size_t width, size_t height);
+
+/* Row scatter (a KV-cache store of a decode batch): for r < n, width bytes from
+ * src + r*src_pitch go to dst[r]. dst is a HOST array of n backend pointers. */
+int kern_copy_rows(kern_be *be, int64_t n, void *const *dst, const void *src, size_t src_pitch,
+                   size_t width);
+
+/* Waits until all queued work is done (a no-op on the CPU); returns the first asynchronous
+ * error, if any. */
+int kern_sync(kern_be *be);
+
+/* Read-only constant data (a weight vector, a table) for the backend: the CPU backend sets
+ * *out = src (borrowed: src must outlive its use, nothing is allocated); a device backend
+ * allocates and uploads once (through pinned staging). Release with kern_const_free. */
+int kern_const_new(kern_be *be, const void *src, size_t bytes, const void **out);
+void kern_const_free(kern_be *be, const void *p);
+
+/* Bytes of a weight's storage (data; scale separately: n * k/32 floats for q8/q4). */
+size_t kern_weight_bytes(const kern_weight *w);
+
+/* dev = host with data and scale made backend-visible by kern_const_new (a plain copy of the
+ * view on the CPU). Release with kern_weight_release, which zeroes *dev. */
+int kern_weight_upload(kern_be *be, const kern_weight *host, kern_weight *dev);
+void kern_weight_release(kern_be *be, kern_weight *dev);
+
+/* What a worker reports in /metrics: the device's name ("cpu" for the CPU backend), its memory
+ * (bytes; 0 where unknown), and the accumulated time the device spent on queued work since the
+ * backend was created, in milliseconds (0 on the CPU, where the caller's wall time is it). */
+typedef struct {
+    char device[96];
+    int is_gpu;
+    int64_t mem_total, mem_free, mem_used;
+    double busy_ms;
+} kern_device;
+int kern_device_info(kern_be *be, kern_device *out);
 
 /* ---- linear algebra ---------------------------------------------------------------------- */
 

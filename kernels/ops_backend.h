@@ -32,6 +32,20 @@ typedef struct kern_ops {
     int (*embed)(kern_be *be, const void *table, dtype_id dt, int64_t vocab, int64_t dim,
                  const int32_t *ids, int64_t n, float *out);   /* ids already range-checked */
     void (*free)(kern_be *be);
+    /* Memory (optional): a backend that leaves these NULL uses host memory, and ops.c does
+     * malloc/memcpy for it. Sizes were checked (bytes >= 1, pointers non-NULL). */
+    int (*alloc)(kern_be *be, size_t bytes, void **out);
+    void (*release)(kern_be *be, void *p);
+    int (*upload)(kern_be *be, void *dst, const void *src, size_t bytes);
+    int (*download)(kern_be *be, void *dst, const void *src, size_t bytes);
+    int (*copy2d)(kern_be *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+                  size_t width, size_t height);
+    int (*copy_rows)(kern_be *be, int64_t n, void *const *dst, const void *src,
+                     size_t src_pitch, size_t width);
+    int (*sync)(kern_be *be);
+    int (*const_new)(kern_be *be, const void *src, size_t bytes, const void **out);
+    void (*const_free)(kern_be *be, const void *p);
+    int (*device_info)(kern_be *be, kern_device *out);
 } kern_ops;
 
 struct kern_be {

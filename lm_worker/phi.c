@@ -20,6 +20,9 @@ struct phi_model {
     phi_weights w;
     phi_layer_weights *layers;  /* [layers], owned copy */
     kern_be *be;
+    int dev;                    /* 1: a device backend (weights uploaded, outputs downloaded) */
+    int uploaded;               /* m->w / m->layers hold device copies (release them) */
+    const void *embed_host;     /* the host embedding table (phi_embed_tokens) */
     st_file *file;              /* phi_load's mapping, or NULL */
     int max_seqs, max_context;
     int *len;                   /* [max_seqs] cached positions per slot */
@@ -32,9 +35,11 @@ struct phi_model {
     float *att;                 /* (R, d) attention output */
     float *o;                   /* (R, d) dense output */
     float *mlp;                 /* (R, f) */
-    int32_t *pos;               /* (R) */
-    int *row_slot;              /* (R) */
-    kern_kv *kv;                /* (max_seqs) */
+    float *logits;              /* device backends: (R, V) before download; NULL on the CPU */
+    int32_t *pos;               /* (R) host */
+    int *row_slot;              /* (R) host */
+    kern_kv *kv;                /* (max_seqs) host descriptors of backend memory */
+    void **rowdst;              /* (2R) host: cache row destinations of a decode batch */
 };
 
 /* ===================================================================== validation ====== */
@@ -109,18 +114,97 @@ static int check_weights(const phi_config *c, const phi_weights *w) {
 
 /* ===================================================================== construction ==== */
 
-/* calloc of a*b*c elements of size s, NULL (not abort) on overflow or refusal: the sizes come
- * from configuration and may be unreasonable. */
-static void *calloc3(size_t a, size_t b, size_t c, size_t s) {
+/* a*b*c zeroed elements of size s in the backend's memory, NULL (not abort) on overflow or
+ * refusal: the sizes come from configuration and may be unreasonable. */
+static void *alloc3(kern_be *be, size_t a, size_t b, size_t c, size_t s) {
     if (a && b > SIZE_MAX / a)
         return NULL;
     size_t ab = a * b;
     if (ab && c > SIZE_MAX / ab)
         return NULL;
     size_t n = ab * c;
-    if (n == 0)
-        n = 1;
-    return calloc(n, s);
+    if (n && s > SIZE_MAX / n)
+        return NULL;
+    void *p = NULL;
+    return kern_alloc(be, n * s, &p) == 0 ? p : NULL;
+}
+
+/* ---- device copies of the weights (device backends only) ---- */
+
+static int up_vec(kern_be *be, const float **v, int64_t n) {
+    if (!*v)
+        return TV_OK;
+    const void *p = NULL;
+    int rc = kern_const_new(be, *v, (size_t)n * sizeof(float), &p);
+    *v = rc ? NULL : p;
+    return rc;
+}
+
+static int up_layer(kern_be *be, const phi_config *c, phi_layer_weights *L) {
+    int64_t d = c->width, f = c->ffn, dh = c->head_dim;
+    kern_weight *mats[] = {&L->qkv, &L->dense, &L->fc1, &L->fc2}, host[4];
+    int rc = 0;
+    for (int i = 0; i < 4; i++) {   /* cleared first: a failure leaves only device copies */
+        host[i] = *mats[i];
+        memset(mats[i], 0, sizeof *mats[i]);
+    }
+    for (int i = 0; i < 4 && !rc; i++)
+        rc = kern_weight_upload(be, &host[i], mats[i]);
+    struct { const float **p; int64_t n; } vecs[] = {
+        {&L->ln_w, d}, {&L->ln_b, d}, {&L->qkv_b, 3 * d}, {&L->q_ln_w, dh}, {&L->q_ln_b, dh},
+        {&L->k_ln_w, dh}, {&L->k_ln_b, dh}, {&L->dense_b, d}, {&L->post_ln_w, d},
+        {&L->fc1_b, f}, {&L->fc2_b, d}};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) {
+        if (rc) *vecs[i].p = NULL;   /* not uploaded: nothing to release */
+        else rc = up_vec(be, vecs[i].p, vecs[i].n);
+    }
+    return rc;
+}
+
+static void release_layer(kern_be *be, phi_layer_weights *L) {
+    kern_weight_release(be, &L->qkv);
+    kern_weight_release(be, &L->dense);
+    kern_weight_release(be, &L->fc1);
+    kern_weight_release(be, &L->fc2);
+    const float *vecs[] = {L->ln_w, L->ln_b, L->qkv_b, L->q_ln_w, L->q_ln_b, L->k_ln_w,
+                           L->k_ln_b, L->dense_b, L->post_ln_w, L->fc1_b, L->fc2_b};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) kern_const_free(be, vecs[i]);
+    memset(L, 0, sizeof *L);
+}
+
+/* Replaces m->w's and m->layers' host views by device copies, uploaded once. */
+static int upload_weights(phi_model *m) {
+    const phi_config *c = &m->cfg;
+    phi_weights *w = &m->w;
+    int rc = 0;
+    m->uploaded = 1;
+    for (int i = 0; i < c->layers; i++) {
+        if (rc) memset(&m->layers[i], 0, sizeof m->layers[i]);
+        else rc = up_layer(m->be, c, &m->layers[i]);
+    }
+    size_t es = dtype_size(w->embed_dtype) * (size_t)c->vocab * (size_t)c->width;
+    const void *e = NULL;
+    kern_weight lm = w->lm_head;
+    memset(&w->lm_head, 0, sizeof w->lm_head);
+    if (!rc) rc = kern_const_new(m->be, w->embed, es, &e);
+    w->embed = e;
+    if (!rc) rc = kern_weight_upload(m->be, &lm, &w->lm_head);
+    const float **vecs[] = {&w->final_ln_w, &w->final_ln_b, &w->lm_head_b};
+    int64_t lens[] = {c->width, c->width, c->vocab};
+    for (int i = 0; i < 3; i++) {
+        if (rc) *vecs[i] = NULL;
+        else rc = up_vec(m->be, vecs[i], lens[i]);
+    }
+    return rc;
+}
+
+static void release_weights(phi_model *m) {
+    for (int i = 0; i < m->cfg.layers; i++) release_layer(m->be, &m->layers[i]);
+    kern_const_free(m->be, m->w.embed);
+    kern_weight_release(m->be, &m->w.lm_head);
+    kern_const_free(m->be, m->w.final_ln_w);
+    kern_const_free(m->be, m->w.final_ln_b);
+    kern_const_free(m->be, m->w.lm_head_b);
 }
 
 int phi_new(const phi_config *cfg, const phi_weights *w, kern_be *be, int max_seqs,
@@ -142,26 +226,38 @@ int phi_new(const phi_config *cfg, const phi_weights *w, kern_be *be, int max_se
     memcpy(m->layers, w->layers, (size_t)cfg->layers * sizeof *m->layers);
     m->w.layers = m->layers;
     m->be = be;
+    m->dev = !kern_is_host(be);
+    m->embed_host = w->embed;
     m->max_seqs = max_seqs;
     m->max_context = max_context;
     m->rows_max = max_seqs > PHI_CHUNK ? max_seqs : PHI_CHUNK;
 
     size_t d = (size_t)cfg->width, R = (size_t)m->rows_max;
     m->len = tv_xcalloc((size_t)max_seqs, sizeof *m->len);
-    m->kcache = calloc3((size_t)cfg->layers * (size_t)max_seqs, (size_t)max_context, d,
-                        sizeof(float));
-    m->vcache = calloc3((size_t)cfg->layers * (size_t)max_seqs, (size_t)max_context, d,
-                        sizeof(float));
-    m->x = calloc3(R, d, 1, sizeof(float));
-    m->h = calloc3(R, d, 1, sizeof(float));
-    m->qkv = calloc3(R, d, 3, sizeof(float));
-    m->att = calloc3(R, d, 1, sizeof(float));
-    m->o = calloc3(R, d, 1, sizeof(float));
-    m->mlp = calloc3(R, (size_t)cfg->ffn, 1, sizeof(float));
+    m->kcache = alloc3(be, (size_t)cfg->layers * (size_t)max_seqs, (size_t)max_context, d,
+                       sizeof(float));
+    m->vcache = alloc3(be, (size_t)cfg->layers * (size_t)max_seqs, (size_t)max_context, d,
+                       sizeof(float));
+    m->x = alloc3(be, R, d, 1, sizeof(float));
+    m->h = alloc3(be, R, d, 1, sizeof(float));
+    m->qkv = alloc3(be, R, d, 3, sizeof(float));
+    m->att = alloc3(be, R, d, 1, sizeof(float));
+    m->o = alloc3(be, R, d, 1, sizeof(float));
+    m->mlp = alloc3(be, R, (size_t)cfg->ffn, 1, sizeof(float));
     m->pos = tv_xcalloc(R, sizeof *m->pos);
     m->row_slot = tv_xcalloc(R, sizeof *m->row_slot);
     m->kv = tv_xcalloc((size_t)max_seqs, sizeof *m->kv);
-    if (!m->kcache || !m->vcache || !m->x || !m->h || !m->qkv || !m->att || !m->o || !m->mlp) {
+    m->rowdst = tv_xcalloc(2 * R, sizeof *m->rowdst);
+    int ok = m->kcache && m->vcache && m->x && m->h && m->qkv && m->att && m->o && m->mlp;
+    if (ok && m->dev) {
+        m->logits = alloc3(be, R, (size_t)cfg->vocab, 1, sizeof(float));
+        ok = m->logits != NULL;
+        if (ok && (rc = upload_weights(m))) {
+            phi_free(m);
+            return err_wrap(rc, "phi: uploading the weights to %s", kern_name(be));
+        }
+    }
+    if (!ok) {
         double gb = 2.0 * cfg->layers * (double)max_seqs * max_context * (double)d * 4 / 1e9;
         phi_free(m);
         return err_set(TV_ENOMEM, "phi: cannot allocate the KV cache (%.2f GB for %d seqs x %d "
@@ -174,19 +270,17 @@ int phi_new(const phi_config *cfg, const phi_weights *w, kern_be *be, int max_se
 void phi_free(phi_model *m) {
     if (!m)
         return;
+    if (m->uploaded)
+        release_weights(m);
     free(m->layers);
     free(m->len);
-    free(m->kcache);
-    free(m->vcache);
-    free(m->x);
-    free(m->h);
-    free(m->qkv);
-    free(m->att);
-    free(m->o);
-    free(m->mlp);
+    void *bufs[] = {m->kcache, m->vcache, m->x, m->h, m->qkv, m->att, m->o, m->mlp, m->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        kern_release(m->be, bufs[i]);
     free(m->pos);
     free(m->row_slot);
     free(m->kv);
+    free(m->rowdst);
     st_free(m->file);
     free(m);
 }
@@ -207,8 +301,21 @@ int phi_reset(phi_model *m, int slot) {
 }
 
 int phi_embed_tokens(phi_model *m, const int32_t *ids, int64_t n, float *out) {
-    return kern_embed(m->be, m->w.embed, m->w.embed_dtype, m->cfg.vocab, m->cfg.width, ids, n,
-                      out);
+    if (!m->dev)
+        return kern_embed(m->be, m->w.embed, m->w.embed_dtype, m->cfg.vocab, m->cfg.width, ids,
+                          n, out);
+    /* out is the caller's host memory: read the host table (the mapping) directly */
+    if (!ids || !out || n < 0)
+        return err_set(TV_EINVAL, "phi_embed_tokens: NULL argument or negative count");
+    size_t d = (size_t)m->cfg.width, es = dtype_size(m->w.embed_dtype);
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= m->cfg.vocab)
+            return err_set(TV_EINVAL, "embed: id %d at position %lld is outside [0, %d)",
+                           (int)ids[i], (long long)i, m->cfg.vocab);
+        dtype_to_f32(m->w.embed_dtype, (const char *)m->embed_host + (size_t)ids[i] * d * es,
+                     out + (size_t)i * d, d);
+    }
+    return TV_OK;
 }
 
 /* ===================================================================== forward ========= */
@@ -242,15 +349,29 @@ static int qk_norm_rope(phi_model *m, const phi_layer_weights *L, int rows) {
     return TV_OK;
 }
 
-/* Copies each row's k and v into its slot's cache at its position. */
-static void cache_store(phi_model *m, int l, int rows) {
-    size_t d = (size_t)m->cfg.width;
+/* Copies each row's k and v into its slot's cache at its position: for a prefill (rows are
+ * consecutive positions of one slot) two strided copies, for a decode batch two row scatters. */
+static int cache_store(phi_model *m, int l, int rows, int prefill_slot) {
+    size_t d = (size_t)m->cfg.width, rb = d * sizeof(float), pitch = 3 * rb;
+    int rc;
+    if (prefill_slot >= 0) {
+        size_t off = (size_t)m->pos[0] * d;
+        float *kc = cache_at(m, m->kcache, l, prefill_slot) + off;
+        float *vc = cache_at(m, m->vcache, l, prefill_slot) + off;
+        if ((rc = kern_copy2d(m->be, kc, rb, m->qkv + d, pitch, rb, (size_t)rows)) ||
+            (rc = kern_copy2d(m->be, vc, rb, m->qkv + 2 * d, pitch, rb, (size_t)rows)))
+            return rc;
+        return TV_OK;
+    }
     for (int r = 0; r < rows; r++) {
         size_t off = (size_t)m->pos[r] * d;
-        const float *row = m->qkv + (size_t)r * 3 * d;
-        memcpy(cache_at(m, m->kcache, l, m->row_slot[r]) + off, row + d, d * sizeof(float));
-        memcpy(cache_at(m, m->vcache, l, m->row_slot[r]) + off, row + 2 * d, d * sizeof(float));
+        m->rowdst[r] = cache_at(m, m->kcache, l, m->row_slot[r]) + off;
+        m->rowdst[rows + r] = cache_at(m, m->vcache, l, m->row_slot[r]) + off;
     }
+    if ((rc = kern_copy_rows(m->be, rows, m->rowdst, m->qkv + d, pitch, rb)) ||
+        (rc = kern_copy_rows(m->be, rows, m->rowdst + rows, m->qkv + 2 * d, pitch, rb)))
+        return rc;
+    return TV_OK;
 }
 
 /* Attention of rows queries into m->att. prefill_slot >= 0: all rows are consecutive positions
@@ -291,8 +412,7 @@ static int layer_forward(phi_model *m, int l, int rows, int prefill_slot) {
         (rc = kern_matmul(m->be, m->h, rows, &L->qkv, L->qkv_b, m->qkv)) ||
         (rc = qk_norm_rope(m, L, rows)))
         return rc;
-    cache_store(m, l, rows);
-    if ((rc = attend(m, l, rows, prefill_slot)))
+    if ((rc = cache_store(m, l, rows, prefill_slot)) || (rc = attend(m, l, rows, prefill_slot)))
         return rc;
     /* o = RMSNorm(dense(att)) */
     if ((rc = kern_matmul(m->be, m->att, rows, &L->dense, L->dense_b, m->o)))
@@ -324,6 +444,18 @@ static int head_forward(phi_model *m, int r0, int rows, float *logits) {
                        logits);
 }
 
+/* head_forward into the caller's host logits: directly on the CPU, through m->logits on a
+ * device. */
+static int head_out(phi_model *m, int r0, int rows, float *out) {
+    if (!m->dev)
+        return head_forward(m, r0, rows, out);
+    int rc = head_forward(m, r0, rows, m->logits);
+    if (rc)
+        return rc;
+    return kern_download(m->be, out, m->logits,
+                         (size_t)rows * (size_t)m->cfg.vocab * sizeof(float));
+}
+
 static int run_layers(phi_model *m, int rows, int prefill_slot) {
     for (int l = 0; l < m->cfg.layers; l++) {
         int rc = layer_forward(m, l, rows, prefill_slot);
@@ -345,19 +477,21 @@ int phi_prefill(phi_model *m, int slot, const float *emb, int T, int flags, floa
     size_t d = (size_t)m->cfg.width, V = (size_t)m->cfg.vocab;
     for (int t0 = 0; t0 < T; t0 += PHI_CHUNK) {
         int rows = T - t0 < PHI_CHUNK ? T - t0 : PHI_CHUNK;
-        memcpy(m->x, emb + (size_t)t0 * d, (size_t)rows * d * sizeof(float));
         for (int r = 0; r < rows; r++) {
             m->pos[r] = len0 + t0 + r;
             m->row_slot[r] = slot;
         }
-        int rc = run_layers(m, rows, slot);
+        int rc = kern_upload(m->be, m->x, emb + (size_t)t0 * d, (size_t)rows * d * sizeof(float));
+        if (!rc)
+            rc = run_layers(m, rows, slot);
         if (!rc) {
             if (flags & PHI_HIDDEN)
-                memcpy(out + (size_t)t0 * d, m->x, (size_t)rows * d * sizeof(float));
+                rc = kern_download(m->be, out + (size_t)t0 * d, m->x,
+                                   (size_t)rows * d * sizeof(float));
             else if (flags & PHI_ALL_LOGITS)
-                rc = head_forward(m, 0, rows, out + (size_t)t0 * V);
+                rc = head_out(m, 0, rows, out + (size_t)t0 * V);
             else if (t0 + rows == T)
-                rc = head_forward(m, rows - 1, 1, out);
+                rc = head_out(m, rows - 1, 1, out);
         }
         if (rc) {
             m->len[slot] = 0; /* the cache may be half written */
@@ -385,10 +519,11 @@ int phi_decode(phi_model *m, int n, const int *slots, const int32_t *tokens, flo
         m->pos[i] = m->len[s];
         m->row_slot[i] = s;
     }
-    int rc = phi_embed_tokens(m, tokens, n, m->x);
+    int rc = kern_embed(m->be, m->w.embed, m->w.embed_dtype, m->cfg.vocab, m->cfg.width, tokens,
+                        n, m->x);
     if (rc)
         return rc;
-    if ((rc = run_layers(m, n, -1)) || (rc = head_forward(m, 0, n, logits)))
+    if ((rc = run_layers(m, n, -1)) || (rc = head_out(m, 0, n, logits)))
         return rc; /* lengths unchanged: the partial cache rows are past len and get rewritten */
     for (int i = 0; i < n; i++)
         m->len[slots[i]]++;

@@ -9,9 +9,11 @@
  *   m = fc2(gelu_tanh(fc1(h)));  x = x + o + m
  * then final LN and lm_head (+ bias if cfg.lm_head_bias) -> fp32 logits.
  *
- * Memory: weights are borrowed views (normally into the mmapped lm.safetensors). Everything the
- * forward pass writes — the KV cache for (max_seqs, max_context) and the activation scratch — is
- * allocated once by phi_new/phi_load; phi_prefill/phi_decode never allocate.
+ * Memory: weights are borrowed views (normally into the mmapped lm.safetensors); on a device
+ * backend (CUDA) phi_new uploads them once. Everything the forward pass writes — the KV cache
+ * for (max_seqs, max_context) and the activation scratch — is allocated once by phi_new/phi_load
+ * in the backend's memory; phi_prefill/phi_decode never allocate. Their inputs (embeddings,
+ * token ids) and outputs (logits, hidden states) are host memory on every backend.
  *
  * Sequences live in slots 0..max_seqs-1. A slot holds a cached prefix of some length; prefill
  * appends T positions to it (so a later turn can continue a conversation), decode appends one.

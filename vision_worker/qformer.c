@@ -118,27 +118,32 @@ void qformer_weights_free(qformer_weights *w) {
  * scratch
  * ========================================================================================== */
 
-static float *alloc_floats(int64_t a, int64_t b) {
+/* a * b floats of be's memory (host malloc when be is NULL); NULL on overflow or refusal. */
+static float *alloc_floats(kern_be *be, int64_t a, int64_t b) {
     if (a < 1 || b < 1 || a > INT64_MAX / b || a * b > (INT64_MAX / 4) / (int64_t)sizeof(float))
         return NULL;
-    return malloc((size_t)(a * b) * sizeof(float));
+    size_t bytes = (size_t)(a * b) * sizeof(float);
+    if (!be) return malloc(bytes);
+    void *p = NULL;
+    return kern_alloc(be, bytes, &p) == 0 ? p : NULL;
 }
 
-int qformer_scratch_init(qformer_scratch *s, const qformer_config *cfg, int max_batch,
-                         int img_tokens) {
+int qformer_scratch_init_be(qformer_scratch *s, kern_be *be, const qformer_config *cfg,
+                            int max_batch, int img_tokens) {
     memset(s, 0, sizeof *s);
     if (max_batch < 1 || img_tokens < 1)
         return err_set(TV_EINVAL, "qformer: bad max_batch %d / tokens %d", max_batch,
                        img_tokens);
     int64_t rows = (int64_t)max_batch * cfg->queries, D = cfg->width;
+    s->be = be;
     s->max_batch = max_batch;
     s->img_tokens = img_tokens;
-    s->q = alloc_floats(rows, D);
-    s->qkv = alloc_floats(rows, 3 * D);
-    s->att = alloc_floats(rows, D);
-    s->t = alloc_floats(rows, D);
-    s->ffn = alloc_floats(rows, cfg->ffn);
-    s->ckv = alloc_floats((int64_t)max_batch * img_tokens, 2 * D);
+    s->q = alloc_floats(be, rows, D);
+    s->qkv = alloc_floats(be, rows, 3 * D);
+    s->att = alloc_floats(be, rows, D);
+    s->t = alloc_floats(be, rows, D);
+    s->ffn = alloc_floats(be, rows, cfg->ffn);
+    s->ckv = alloc_floats(be, (int64_t)max_batch * img_tokens, 2 * D);
     if (!s->q || !s->qkv || !s->att || !s->t || !s->ffn || !s->ckv) {
         qformer_scratch_free(s);
         return err_set(TV_ENOMEM, "qformer: cannot allocate activations for %d images",
@@ -147,14 +152,18 @@ int qformer_scratch_init(qformer_scratch *s, const qformer_config *cfg, int max_
     return TV_OK;
 }
 
+int qformer_scratch_init(qformer_scratch *s, const qformer_config *cfg, int max_batch,
+                         int img_tokens) {
+    return qformer_scratch_init_be(s, NULL, cfg, max_batch, img_tokens);
+}
+
 void qformer_scratch_free(qformer_scratch *s) {
     if (!s) return;
-    free(s->q);
-    free(s->qkv);
-    free(s->att);
-    free(s->t);
-    free(s->ffn);
-    free(s->ckv);
+    float *bufs[] = {s->q, s->qkv, s->att, s->t, s->ffn, s->ckv};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        if (s->be) kern_release(s->be, bufs[i]);
+        else free(bufs[i]);
+    }
     memset(s, 0, sizeof *s);
 }
 

@@ -50,6 +50,7 @@ typedef struct {
 } qformer_weights;
 
 typedef struct {
+    kern_be *be;                        /* whose memory the buffers are (NULL: host malloc) */
     int max_batch, img_tokens;
     float *q;                           /* [B*Q, D]  the state (the output after the last layer) */
     float *qkv;                         /* [B*Q, 3D] */
@@ -69,6 +70,9 @@ void qformer_weights_free(qformer_weights *w);
 /* Scratch for max_batch images of img_tokens image tokens. 0 or TV_ENOMEM. */
 int qformer_scratch_init(qformer_scratch *s, const qformer_config *cfg, int max_batch,
                          int img_tokens);
+/* The same in be's memory (kern_alloc), for running on any backend. */
+int qformer_scratch_init_be(qformer_scratch *s, kern_be *be, const qformer_config *cfg,
+                            int max_batch, int img_tokens);
 void qformer_scratch_free(qformer_scratch *s);
 
 /* img [B*T, W] (ln_vision output) -> s->q [B*Q, D]. T must equal s->img_tokens. */

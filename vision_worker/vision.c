@@ -110,6 +110,54 @@ int vision_get_matrix(const vision_src *src, const char *name, int64_t n, int64_
 
 #define VISION_MAX_PROJ 3
 
+/* A tensor source that hands out backend copies of another source's tensors: each tensor is
+ * uploaded once (kern_const_new) on first lookup, and released with the model. On the CPU
+ * backend it is not used at all (the views into the mapping are used as they are). */
+typedef struct dev_tensor {
+    const tensor_view *host;
+    tensor_view dev;
+    struct dev_tensor *next;
+} dev_tensor;
+
+typedef struct {
+    const vision_src *inner;
+    kern_be *be;
+    dev_tensor *list;
+    int failed;
+    char why[256];
+} dev_src;
+
+static const tensor_view *dev_find(void *user, const char *name) {
+    dev_src *d = user;
+    const tensor_view *h = d->inner->find(d->inner->user, name);
+    if (!h || d->failed) return NULL;
+    for (dev_tensor *t = d->list; t; t = t->next)
+        if (t->host == h) return &t->dev;
+    dev_tensor *t = tv_xcalloc(1, sizeof *t);
+    t->host = h;
+    t->dev = *h;
+    const void *p = NULL;
+    if (kern_const_new(d->be, h->data, h->nbytes, &p) < 0) {
+        d->failed = 1;
+        snprintf(d->why, sizeof d->why, "%s: %s", name, err_msg());
+        free(t);
+        return NULL;
+    }
+    t->dev.data = (void *)p;
+    t->next = d->list;
+    d->list = t;
+    return &t->dev;
+}
+
+static void dev_src_free(kern_be *be, dev_tensor *list) {
+    while (list) {
+        dev_tensor *n = list->next;
+        kern_const_free(be, list->dev.data);
+        free(list);
+        list = n;
+    }
+}
+
 struct vision_model {
     kern_be *be;
     st_file *file;                      /* NULL when loaded from a caller's source */
@@ -126,6 +174,8 @@ struct vision_model {
     kern_weight proj[VISION_MAX_PROJ];  /* [dims[j+1], dims[j]] */
     const float *proj_b[VISION_MAX_PROJ];
     float *pbuf[VISION_MAX_PROJ];       /* [max_batch*Q, dims[j+1]], all but the last */
+    float *emb_dev;                     /* device backends: [max_batch*Q, d_lm] before download */
+    dev_tensor *uploaded;               /* device backends: the weights' backend copies */
 };
 
 static int load_proj(vision_model *vm, const manifest *m, const vision_src *src) {
@@ -154,16 +204,22 @@ static int load_proj(vision_model *vm, const manifest *m, const vision_src *src)
 static int alloc_buffers(vision_model *vm) {
     int64_t rows = (int64_t)vm->max_batch * vm->vit.tokens;
     int64_t qrows = (int64_t)vm->max_batch * vm->qf.queries;
-    int rc = vit_scratch_init(&vm->vs, &vm->vit, vm->max_batch, 0);
+    kern_be *be = vm->be;
+    int rc = vit_scratch_init_be(&vm->vs, be, &vm->vit, vm->max_batch, 0);
     if (rc < 0) return rc;
-    if ((rc = qformer_scratch_init(&vm->qs, &vm->qf, vm->max_batch, vm->vit.tokens)) < 0)
+    if ((rc = qformer_scratch_init_be(&vm->qs, be, &vm->qf, vm->max_batch, vm->vit.tokens)) < 0)
         return rc;
-    vm->img = malloc((size_t)(rows * vm->vit.width) * sizeof(float));
-    if (!vm->img) return err_set(TV_ENOMEM, "vision: cannot allocate the ln_vision buffer");
-    for (int j = 0; j + 1 < vm->n_proj; j++) {
-        vm->pbuf[j] = malloc((size_t)(qrows * vm->dims[j + 1]) * sizeof(float));
-        if (!vm->pbuf[j]) return err_set(TV_ENOMEM, "vision: cannot allocate projections");
-    }
+    if ((rc = kern_alloc(be, (size_t)(rows * vm->vit.width) * sizeof(float),
+                         (void **)&vm->img)) < 0)
+        return err_wrap(rc, "vision: the ln_vision buffer");
+    for (int j = 0; j + 1 < vm->n_proj; j++)
+        if ((rc = kern_alloc(be, (size_t)(qrows * vm->dims[j + 1]) * sizeof(float),
+                             (void **)&vm->pbuf[j])) < 0)
+            return err_wrap(rc, "vision: projections");
+    if (!kern_is_host(be) &&
+        (rc = kern_alloc(be, (size_t)(qrows * vm->dims[vm->n_proj]) * sizeof(float),
+                         (void **)&vm->emb_dev)) < 0)
+        return err_wrap(rc, "vision: embeddings");
     return TV_OK;
 }
 
@@ -172,16 +228,23 @@ int vision_load_src(const manifest *m, const vision_src *src, kern_be *be, int m
     *out = NULL;
     if (max_batch < 1 || max_batch > 4096)
         return err_set(TV_EINVAL, "vision: max_batch %d outside 1..4096", max_batch);
+    if (!be) return err_set(TV_EINVAL, "vision: NULL backend");
     vision_model *vm = tv_xcalloc(1, sizeof *vm);
     vm->be = be;
     vm->max_batch = max_batch;
+    /* a device backend gets one upload of every tensor the loaders look up */
+    dev_src ds = {.inner = src, .be = be};
+    vision_src up = {dev_find, &ds};
+    if (!kern_is_host(be)) src = &up;
     int rc = vit_config_from(&m->vision, &vm->vit);
     if (rc == 0) rc = qformer_config_from(m, &vm->qf);
     if (rc == 0) rc = vit_weights_load(&vm->vit, src, &vm->vw);
     if (rc == 0) rc = qformer_weights_load(&vm->qf, src, &vm->qw);
     if (rc == 0) rc = load_proj(vm, m, src);
     if (rc == 0) rc = alloc_buffers(vm);
+    vm->uploaded = ds.list;
     if (rc < 0) {
+        if (ds.failed) rc = err_set(TV_ENOMEM, "vision: uploading %s", ds.why);
         vision_free(vm);
         return rc;
     }
@@ -213,8 +276,10 @@ void vision_free(vision_model *vm) {
     vit_scratch_free(&vm->vs);
     qformer_weights_free(&vm->qw);
     qformer_scratch_free(&vm->qs);
-    free(vm->img);
-    for (int j = 0; j < VISION_MAX_PROJ; j++) free(vm->pbuf[j]);
+    kern_release(vm->be, vm->img);
+    for (int j = 0; j < VISION_MAX_PROJ; j++) kern_release(vm->be, vm->pbuf[j]);
+    kern_release(vm->be, vm->emb_dev);
+    dev_src_free(vm->be, vm->uploaded);
     st_free(vm->file);
     free(vm);
 }
@@ -240,9 +305,13 @@ int vision_encode(vision_model *vm, const float *pixels, int B, float *emb) {
     if (B < 1 || B > vm->max_batch)
         return err_set(TV_EINVAL, "vision: batch of %d images outside 1..%d", B, vm->max_batch);
     if (!pixels || !emb) return err_set(TV_EINVAL, "vision: NULL pixels or embeddings");
+    float *out = vm->emb_dev ? vm->emb_dev : emb;
     int rc = vit_forward(vm->be, &vm->vit, &vm->vw, pixels, B, &vm->vs, vm->img);
     if (rc == 0) rc = qformer_forward(vm->be, &vm->qf, &vm->qw, vm->img, B, &vm->qs);
-    if (rc == 0) rc = run_projections(vm, B, emb);
+    if (rc == 0) rc = run_projections(vm, B, out);
+    if (rc == 0 && vm->emb_dev)
+        rc = kern_download(vm->be, emb, vm->emb_dev, (size_t)B * (size_t)vm->qf.queries *
+                                                         (size_t)vision_dim(vm) * sizeof(float));
     return rc;
 }
 

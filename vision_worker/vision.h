@@ -6,8 +6,10 @@
  * kern_weight of the tensor's own dtype (F32/F16/BF16, or I8/U8 plus "<name>.scale" for q8/q4).
  * Nothing is copied.
  *
- * Memory: all activations and scratch are allocated ONCE by vision_load for max_batch images;
- * vision_encode performs no allocation (neither do the kern_* ops it calls).
+ * Memory: all activations and scratch are allocated ONCE by vision_load for max_batch images,
+ * in the backend's memory (kern_alloc); vision_encode performs no allocation (neither do the
+ * kern_* ops it calls). On a device backend (CUDA) every weight is uploaded once at load; the
+ * pixels in and the embeddings out of vision_encode are host memory on every backend.
  *
  * Threading: a vision_model uses its kern_be; one caller at a time (like the backend). */
 #ifndef TV_VISION_H
@@ -69,7 +71,8 @@ int vision_image_size(const vision_model *vm);
 int vision_max_batch(const vision_model *vm);
 
 /* The internal buffers of the last vision_encode, for tests: image b's rows start at
- * b * (rows per image) * width. Pointers owned by vm; contents valid until the next encode. */
+ * b * (rows per image) * width. Pointers owned by vm, in the backend's memory (host memory for
+ * the CPU; read device ones with kern_download); contents valid until the next encode. */
 typedef struct {
     const float *vit_out;       /* [B, T, W]  after the last ViT block (T = 1 + G*G) */
     const float *ln_vision;     /* [B, T, W] */

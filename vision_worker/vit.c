@@ -115,53 +115,71 @@ void vit_weights_free(vit_weights *w) {
  * scratch
  * ========================================================================================== */
 
-/* malloc of a * b floats with the product checked; NULL on overflow or refusal. */
-static float *alloc_floats(int64_t a, int64_t b) {
+/* a * b floats of be's memory (host malloc when be is NULL), the product checked; NULL on
+ * overflow or refusal. */
+static float *alloc_floats(kern_be *be, int64_t a, int64_t b) {
     if (a < 1 || b < 1 || a > INT64_MAX / b || a * b > (INT64_MAX / 4) / (int64_t)sizeof(float))
         return NULL;
-    return malloc((size_t)(a * b) * sizeof(float));
+    size_t bytes = (size_t)(a * b) * sizeof(float);
+    if (!be) return malloc(bytes);
+    void *p = NULL;
+    return kern_alloc(be, bytes, &p) == 0 ? p : NULL;
 }
 
-int vit_scratch_init(vit_scratch *s, const vit_config *cfg, int max_batch, int tokens) {
+static void free_floats(kern_be *be, float *p) {
+    if (be) kern_release(be, p);
+    else free(p);
+}
+
+int vit_scratch_init_be(vit_scratch *s, kern_be *be, const vit_config *cfg, int max_batch,
+                        int tokens) {
     memset(s, 0, sizeof *s);
     if (max_batch < 1) return err_set(TV_EINVAL, "vit: max_batch %d < 1", max_batch);
     int64_t T = tokens > 0 ? tokens : cfg->tokens;
     int64_t rows = (int64_t)max_batch * T;
     if (rows > INT32_MAX) return err_set(TV_ELIMIT, "vit: %lld rows too many", (long long)rows);
-    int64_t W = cfg->width, P = cfg->patch;
+    int64_t W = cfg->width, P = cfg->patch, NP = (int64_t)max_batch * cfg->grid * cfg->grid;
+    s->be = be;
     s->max_rows = (int)rows;
-    s->x = alloc_floats(rows, W);
-    s->h = alloc_floats(rows, W);
-    s->qkv = alloc_floats(rows, 3 * W);
-    s->mlp = alloc_floats(rows, cfg->mlp_hidden);
-    s->patches = alloc_floats((int64_t)max_batch * cfg->grid * cfg->grid, 3 * P * P);
+    s->x = alloc_floats(be, rows, W);
+    s->h = alloc_floats(be, rows, W);
+    s->qkv = alloc_floats(be, rows, 3 * W);
+    s->mlp = alloc_floats(be, rows, cfg->mlp_hidden);
+    s->patches = alloc_floats(be, NP, 3 * P * P);
     int64_t Dh = W / cfg->heads;
     s->tokens = (int)T;
-    s->hq = alloc_floats(T, Dh);
-    s->hk = alloc_floats(T, Dh);
-    s->hvt = alloc_floats(T, Dh);
-    s->ho = alloc_floats(T, Dh);
-    s->scores = alloc_floats(T, T);
-    if (!s->x || !s->h || !s->qkv || !s->mlp || !s->patches || !s->hq || !s->hk || !s->hvt ||
-        !s->ho || !s->scores) {
+    int ok = s->x && s->h && s->qkv && s->mlp && s->patches;
+    if (be && !kern_is_host(be)) {
+        /* device: unfold on the host, upload once; attention is kern_attention (no per-head
+         * buffers) */
+        s->patches_host = alloc_floats(NULL, NP, 3 * P * P);
+        ok = ok && s->patches_host;
+    } else {
+        s->hq = alloc_floats(be, T, Dh);
+        s->hk = alloc_floats(be, T, Dh);
+        s->hvt = alloc_floats(be, T, Dh);
+        s->ho = alloc_floats(be, T, Dh);
+        s->scores = alloc_floats(be, T, T);
+        ok = ok && s->hq && s->hk && s->hvt && s->ho && s->scores;
+    }
+    if (!ok) {
         vit_scratch_free(s);
         return err_set(TV_ENOMEM, "vit: cannot allocate activations for %d images", max_batch);
     }
     return TV_OK;
 }
 
+int vit_scratch_init(vit_scratch *s, const vit_config *cfg, int max_batch, int tokens) {
+    return vit_scratch_init_be(s, NULL, cfg, max_batch, tokens);
+}
+
 void vit_scratch_free(vit_scratch *s) {
     if (!s) return;
-    free(s->x);
-    free(s->h);
-    free(s->qkv);
-    free(s->mlp);
-    free(s->patches);
-    free(s->hq);
-    free(s->hk);
-    free(s->hvt);
-    free(s->ho);
-    free(s->scores);
+    kern_be *be = s->be;
+    float **bufs[] = {&s->x, &s->h, &s->qkv, &s->mlp, &s->patches, &s->hq, &s->hk, &s->hvt,
+                      &s->ho, &s->scores};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free_floats(be, *bufs[i]);
+    free(s->patches_host);
     memset(s, 0, sizeof *s);
 }
 
@@ -192,13 +210,19 @@ static void unfold_patches(const vit_config *cfg, const float *pixels, int B, fl
 static int vit_embed(kern_be *be, const vit_config *cfg, const vit_weights *w,
                      const float *pixels, int B, vit_scratch *s) {
     int64_t W = cfg->width, T = cfg->tokens, NP = (int64_t)cfg->grid * cfg->grid;
-    unfold_patches(cfg, pixels, B, s->patches);
+    if (s->patches_host) {   /* device backend: unfold on the host, one upload */
+        unfold_patches(cfg, pixels, B, s->patches_host);
+        KCALL(kern_upload(be, s->patches, s->patches_host,
+                          (size_t)(B * NP * 3 * cfg->patch * cfg->patch) * sizeof(float)));
+    } else {
+        unfold_patches(cfg, pixels, B, s->patches);
+    }
     /* h [B*G*G, W] = patches · Wpe^T + b */
     KCALL(kern_matmul(be, s->patches, B * NP, &w->patch, w->patch_b, s->h));
     for (int b = 0; b < B; b++) {
         float *xb = s->x + (size_t)b * T * W;
-        memcpy(xb, w->cls, (size_t)W * sizeof(float));
-        memcpy(xb + W, s->h + (size_t)b * NP * W, (size_t)(NP * W) * sizeof(float));
+        KCALL(kern_copy(be, xb, w->cls, (size_t)W * sizeof(float)));
+        KCALL(kern_copy(be, xb + W, s->h + (size_t)b * NP * W, (size_t)(NP * W) * sizeof(float)));
         KCALL(kern_add(be, xb, w->pos, xb, T * W));
     }
     return TV_OK;
@@ -234,10 +258,23 @@ static int vit_head_attention(kern_be *be, const vit_config *cfg, const float *q
     return TV_OK;
 }
 
-/* out [B*T, W] = multi-head self-attention of qkv [B*T, 3W] (rows [q|k|v]), per image. */
+/* out [B*T, W] = multi-head self-attention of qkv [B*T, 3W] (rows [q|k|v]), per image.
+ * On a device backend: the fused attention op, all heads of an image in one call (its host
+ * per-head gathers cannot touch device memory, and the device kernel needs none). */
 static int vit_self_attention(kern_be *be, const vit_config *cfg, const float *qkv, float *out,
                               int B, int T, vit_scratch *s) {
-    int64_t W = cfg->width;
+    int64_t W = cfg->width, Dh = W / cfg->heads;
+    if (!kern_is_host(be)) {
+        for (int b = 0; b < B; b++) {
+            const float *q = qkv + (size_t)b * T * 3 * W;
+            kern_attn a = {.q = q, .k = q + W, .v = q + 2 * W, .out = out + (size_t)b * T * W,
+                           .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W, .ldo = W, .tq = T, .tk = T,
+                           .heads = cfg->heads, .kv_heads = cfg->heads, .dim = Dh,
+                           .scale = 1.0f / sqrtf((float)Dh), .causal = 0};
+            KCALL(kern_attention(be, &a));
+        }
+        return TV_OK;
+    }
     for (int b = 0; b < B; b++)
         for (int h = 0; h < cfg->heads; h++) {
             int rc = vit_head_attention(be, cfg, qkv + (size_t)b * T * 3 * W,

@@ -45,8 +45,11 @@ typedef struct {
     const float *lnv_w, *lnv_b;         /* ln_vision [W] */
 } vit_weights;
 
-/* Activations for up to max_batch images of `tokens` tokens each. */
+/* Activations for up to max_batch images of `tokens` tokens each, in the memory of the backend
+ * given to vit_scratch_init_be (host memory for vit_scratch_init). */
 typedef struct {
+    kern_be *be;                        /* whose memory the buffers are (NULL: host malloc) */
+    float *patches_host;                /* device backends: host staging for unfolded pixels */
     int max_rows;                       /* max_batch * tokens */
     float *x;                           /* [rows, W]   residual stream (the ViT output) */
     float *h;                           /* [rows, W]   normed input / attention output */
@@ -76,13 +79,17 @@ int vit_block_load(const vit_config *cfg, const vision_src *src, const char *pre
  * that many tokens: the block test runs 7). Returns 0 or TV_ENOMEM. vit_scratch_free frees
  * (a zeroed struct is fine). */
 int vit_scratch_init(vit_scratch *s, const vit_config *cfg, int max_batch, int tokens);
+/* The same in be's memory (kern_alloc), for running on any backend. */
+int vit_scratch_init_be(vit_scratch *s, kern_be *be, const vit_config *cfg, int max_batch,
+                        int tokens);
 void vit_scratch_free(vit_scratch *s);
 
-/* One block in place on x [B*T, W] (B images of T tokens each, contiguous). */
+/* One block in place on x [B*T, W] (B images of T tokens each, contiguous; backend memory). */
 int vit_block_forward(kern_be *be, const vit_config *cfg, const vit_block *b, float *x, int B,
                       int T, vit_scratch *s);
 
-/* pixels [B, 3, S, S] -> s->x [B*T, W] after all blocks, and out [B*T, W] = ln_vision(s->x). */
+/* pixels [B, 3, S, S] (HOST memory) -> s->x [B*T, W] after all blocks, and out [B*T, W] =
+ * ln_vision(s->x) (backend memory, like the weights). */
 int vit_forward(kern_be *be, const vit_config *cfg, const vit_weights *w, const float *pixels,
                 int B, vit_scratch *s, float *out);
 
