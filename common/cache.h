@@ -25,6 +25,10 @@
 
 typedef struct cache cache;
 
+/* Bytes of the value header in front of the data: "TVEM", version, dtype, rows, dim (u32 LE),
+ * the fingerprint (64 bytes, NUL-padded). */
+#define CACHE_VALUE_HEADER 84
+
 /* An embedding [rows, dim] of dtype MSG_EMB_F16 or MSG_EMB_F32 for the model `fingerprint`. */
 typedef struct {
     uint32_t rows, dim, dtype;
@@ -33,8 +37,10 @@ typedef struct {
     size_t len;   /* bytes */
 } cache_emb;
 
-/* In-memory LRU holding at most budget_bytes of values (least recently used evicted first).
- * Returns 0 and *out (free with cache_free). */
+/* In-memory LRU holding at most budget_bytes (each entry counts its value, header included,
+ * plus its key; least recently used evicted first; a get makes an entry the most recent, an
+ * exists does not). A put bigger than the whole budget fails with TV_EIO (the caller then
+ * carries the embedding inline). Returns 0 and *out (free with cache_free). */
 int cache_mem_new(size_t budget_bytes, cache **out);
 
 /* Redis at url ("redis://host:port[/db]" or "host:port"), values expiring after ttl_s seconds
@@ -52,7 +58,7 @@ void cache_key(char *buf, size_t cap, const char *fingerprint, const uint8_t sha
 /* Stores e under key. Returns 0, TV_EIO (backend unavailable), TV_EINVAL (bad e). */
 int cache_put(cache *c, const char *key, const cache_emb *e);
 
-/* Looks key up; expects fingerprint (and, for a found value, fills out with a malloc'd data the
+/* Looks key up; expects fingerprint (NULL or "" = any model) (and, for a found value, fills out with a malloc'd data the
  * caller frees with cache_emb_clear). Returns 0 (hit), TV_ENOTFOUND (miss, incl. a value whose
  * header does not match), TV_EIO (backend unavailable). */
 int cache_get(cache *c, const char *key, const char *fingerprint, cache_emb *out);
