@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,6 +357,36 @@ int cache_redis_new(const char *url, int ttl_s, int timeout_ms, cache **out) {
     return TV_OK;
 }
 
+/* hiredis writes with write(2): writing to a Redis that went away raises SIGPIPE, which would
+ * kill the process. Block it on this thread around each Redis call and swallow one we caused
+ * (a write-raised SIGPIPE is directed at the writing thread), then restore the mask. */
+typedef struct {
+    sigset_t old;
+    int pending_before;
+} pipe_guard;
+
+static void pipe_block(pipe_guard *g) {
+    sigset_t set, pend;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigpending(&pend);
+    g->pending_before = sigismember(&pend, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, &g->old);
+}
+
+static void pipe_unblock(pipe_guard *g) {
+    sigset_t set, pend;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigpending(&pend);
+    if (!g->pending_before && sigismember(&pend, SIGPIPE)) {
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&set, NULL, &zero) < 0 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
 /* Marks Redis down: drops the context, logs once per state change. */
 static int redis_down(cache *c, const char *what) {
     redis_backend *r = &c->redis;
@@ -493,7 +524,10 @@ int cache_put(cache *c, const char *key, const cache_emb *e) {
     if (!v) return TV_EINVAL;
     pthread_mutex_lock(&c->lock);
     if (c->is_redis) {
+        pipe_guard g;
+        pipe_block(&g);
         rc = redis_put(c, key, v, len);
+        pipe_unblock(&g);
         free(v);
     } else {
         rc = mem_put(c, key, v, len);
@@ -511,7 +545,10 @@ int cache_get(cache *c, const char *key, const char *fingerprint, cache_emb *out
     if (rc) return rc;
     pthread_mutex_lock(&c->lock);
     if (c->is_redis) {
+        pipe_guard g;
+        pipe_block(&g);
         rc = redis_get(c, key, fingerprint, out);
+        pipe_unblock(&g);
     } else {
         mem_entry *e = mem_get(c, key);
         rc = e ? value_decode(e->value, e->len, fingerprint, out)
@@ -531,7 +568,10 @@ int cache_exists(cache *c, const char *key) {
     if (rc) return rc;
     pthread_mutex_lock(&c->lock);
     if (c->is_redis) {
+        pipe_guard g;
+        pipe_block(&g);
         rc = redis_exists(c, key);
+        pipe_unblock(&g);
         if (rc < 0) c->st.errors++;
     } else {
         rc = mem_find(&c->mem, key, fnv1a(key)) != NULL;

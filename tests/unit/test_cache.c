@@ -489,6 +489,44 @@ static void test_redis_urls(void) {
     cache_free(c);
 }
 
+/* A fake Redis that answers one EXISTS and then closes the connection: our next (large) write
+ * hits a closed socket, which raises SIGPIPE unless the cache guards against it. */
+static void *one_answer(void *arg) {
+    int ls = *(int *)arg;
+    int s = accept(ls, NULL, NULL);
+    if (s < 0) return NULL;
+    char buf[256];
+    if (read(s, buf, sizeof buf) > 0 && write(s, ":0\r\n", 4) != 4) perror("fake redis");
+    close(s);
+    return NULL;
+}
+
+static void test_redis_sigpipe(void) {
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    if (bind(ls, (struct sockaddr *)&a, sizeof a) != 0 || listen(ls, 4) != 0 ||
+        getsockname(ls, (struct sockaddr *)&a, &n) != 0) {
+        CHECK(0);
+        close(ls);
+        return;
+    }
+    pthread_t th;
+    pthread_create(&th, NULL, one_answer, &ls);
+    char url[64];
+    snprintf(url, sizeof url, "127.0.0.1:%d", ntohs(a.sin_port));
+    cache *c;
+    CHECK_OK(cache_redis_new(url, 0, 500, &c));
+    CHECK_EQ_INT(cache_exists(c, "emb:x"), 0);
+    pthread_join(th, NULL);
+    usleep(20000);
+    cache_emb e = make_emb(FP, 1024, 2048, 0); /* 8 MiB: several writes */
+    CHECK_EQ_INT(cache_put(c, "emb:x", &e), TV_EIO);
+    cache_emb_clear(&e);
+    cache_free(c);
+    close(ls);
+}
+
 int main(void) {
     log_set_level(LOG_OFF);
     atexit(kill_redis);
@@ -497,6 +535,7 @@ int main(void) {
     test_mem_threads();
     test_redis_urls();
     test_redis_silent();
+    test_redis_sigpipe();
     test_redis();
     return check_finish("test_cache");
 }
