@@ -152,7 +152,7 @@ static void seq_end(sched *s, int i) {
 /* Emits the event of slot i with the text gathered in s->text; finish/err end the sequence. */
 static void seq_emit(sched *s, int i, const int32_t *tok, const char *finish, int err) {
     sched_seq *q = &s->seq[i];
-    sched_event ev = {.id = q->id, .origin = q->origin, .text = s->text ? s->text : "",
+    sched_event ev = {.id = q->id, .origin = q->origin, .text = s->text_n ? s->text : "",
                       .text_len = s->text_n, .tokens = tok, .n_tokens = tok ? 1 : 0,
                       .finish = err ? NULL : finish, .error = err,
                       .prompt_tokens = q->prompt_rows, .completion_tokens = (uint32_t)q->n_gen};

@@ -49,7 +49,8 @@ typedef struct {
 typedef struct {
     uint64_t id;
     int origin;
-    const char *text;              /* text delta: whole UTF-8 characters, may be empty */
+    const char *text;              /* text delta: whole UTF-8 characters, NUL-terminated,
+                                    * may be empty */
     size_t text_len;
     const int32_t *tokens;         /* the token(s) behind this delta (0 or 1) */
     int n_tokens;

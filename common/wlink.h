@@ -1,0 +1,62 @@
+/* wlink — a worker's links to its gateways: one msg_connect'ed socket per gateway endpoint, the
+ * registration (Hello), heartbeats every interval, re-registration, and Bye. The vision and LM
+ * worker daemons share it; they only see work messages (encode, generate, cancel, errors about a
+ * request).
+ *
+ * Registration: Hello goes out at start and again, every heartbeat interval, to each gateway that
+ * has not been heard from within the gateway timeout (a gateway that is not up yet, restarted, or
+ * dropped us), and at once when a gateway answers Error "unknown_worker". Since every registered
+ * worker gets the gateway's heartbeats, "heard recently" means "registered".
+ *
+ * Threads: a wlink belongs to the thread that created it (its sockets do). */
+#ifndef TV_WLINK_H
+#define TV_WLINK_H
+
+#include <stdint.h>
+
+#include "msg.h"
+
+typedef struct wlink wlink;
+
+/* Connects to n gateway endpoints (n >= 1) on ctx (borrowed; must outlive the link) as the worker
+ * described by hello (copied; hello->worker_id is the socket identity). heartbeat_ms: interval;
+ * timeout_ms: a gateway silent this long is no longer counted as registered. Returns 0 and *out
+ * (free with wlink_free), or TV_EINVAL / the msg layer's error naming the endpoint. */
+int wlink_new(msg_ctx *ctx, const char *const *endpoints, int n, const msg_hello *hello,
+              int heartbeat_ms, int timeout_ms, wlink **out);
+
+/* Closes the sockets. NULL is a no-op. */
+void wlink_free(wlink *l);
+
+/* What the next heartbeats carry (copied). */
+void wlink_set_load(wlink *l, const msg_heartbeat *hb);
+
+/* Waits at most timeout_ms (0: only what is already there) for a work message, sending Hello and
+ * heartbeats when due and handling link traffic (gateway heartbeats, "unknown_worker", protocol
+ * refusals) itself. Returns TV_OK with *m filled (msg_clear it) and *gw the index of the gateway
+ * it came from (answer there with wlink_send), TV_ETIMEOUT when nothing came, or TV_EIO. */
+int wlink_recv(wlink *l, int timeout_ms, msg *m, int *gw);
+
+/* Sends m to gateway gw. Returns as msg_send (TV_EAGAIN: that gateway is unreachable now). */
+int wlink_send(wlink *l, int gw, const msg *m);
+
+/* Sends an Error about request id to gateway gw (status/code/message as in the proto). */
+int wlink_send_error(wlink *l, int gw, uint64_t id, uint32_t status, const char *code,
+                     const char *message);
+
+/* Sends Bye(reason) to every gateway and stops registering (no more Hello; heartbeats carry
+ * draining = 1). */
+void wlink_bye(wlink *l, const char *reason);
+
+/* Number of gateways, and how many have been heard from within the timeout (registered). */
+int wlink_count(const wlink *l);
+int wlink_registered(const wlink *l);
+
+/* A default worker id, "host:pid:random" (kind "vision" or "lm" in front), into buf. */
+void wlink_default_id(const char *kind, char *buf, size_t cap);
+
+/* Milliseconds on the monotonic clock, and on the wall clock (deadlines on the wire). */
+uint64_t wlink_now_ms(void);
+uint64_t wlink_unix_ms(void);
+
+#endif
