@@ -173,8 +173,9 @@ void msg_ctx_free(msg_ctx *c);
 int msg_listen(msg_ctx *c, const char *endpoint, msg_sock **out);
 
 /* Worker side: connects to endpoint with identity (< MSG_PEER_MAX bytes). Connecting never
- * waits for the peer: ZeroMQ reconnects by itself; messages sent while no peer is there are
- * dropped after the socket's send timeout rather than queued forever. */
+ * waits for the peer: ZeroMQ reconnects by itself; over tcp, messages sent while no peer is
+ * connected are dropped after the socket's send timeout (TV_EAGAIN) rather than queued forever;
+ * over inproc, messages sent before the gateway binds are queued and delivered once it does. */
 int msg_connect(msg_ctx *c, const char *endpoint, const char *identity, msg_sock **out);
 
 /* The endpoint s was bound or connected to; for a listening "tcp://HOST:*" the port actually
@@ -188,14 +189,20 @@ void msg_close(msg_sock *s);
 
 /* Sends m. On a listening socket peer names the worker; on a connected socket peer must be NULL.
  * Never blocks for long: returns TV_OK, TV_EAGAIN if the peer is gone or its queue is full (the
- * message is dropped: the caller treats the peer as failed), or TV_EINVAL for a bad msg. */
+ * message is dropped: the caller treats the peer as failed), or TV_EINVAL for a bad msg (one
+ * over a MSG_MAX_* limit, an embedding whose len disagrees with its shape, a part naming a
+ * missing image). Timing: a listening socket fails at once for an unknown/gone peer or a full
+ * queue; a connected socket waits up to 100 ms for its gateway to be connected, then drops. */
 int msg_send(msg_sock *s, const char *peer, const msg *m);
 
 /* Receives one message, waiting at most timeout_ms (0 = do not wait, -1 = forever).
  * Returns TV_OK with *m filled (msg_clear it) and, on a listening socket, the sender's id in
- * peer (peer_cap >= MSG_PEER_MAX); TV_ETIMEOUT when nothing came; TV_EFORMAT for an undecodable
- * frame or a wrong Envelope.version (the message is consumed and dropped; err_msg says why, and
- * for a version mismatch an Error "bad_version" has already been sent back to the sender). */
+ * peer (peer_cap >= MSG_PEER_MAX); TV_ETIMEOUT when nothing came (or a signal interrupted the
+ * wait: check your stop flag); TV_EFORMAT for an undecodable frame, content over a MSG_MAX_*
+ * limit, or a wrong Envelope.version (the message is consumed and dropped, *m is left empty, peer
+ * names the sender when known; err_msg says why, and for a version mismatch an Error
+ * "bad_version" has already been sent back to the sender unless the refused message was itself
+ * an Error). */
 int msg_recv(msg_sock *s, int timeout_ms, msg *m, char *peer, size_t peer_cap);
 
 /* Frees everything msg_recv allocated in m and zeroes it. NULL or MSG_NONE: no-op. */

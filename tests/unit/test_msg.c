@@ -191,6 +191,27 @@ static void test_inproc(msg_ctx *c) {
     msg_close(gw);
 }
 
+/* `tinyvlm serve` may start a worker thread before the gateway binds: over inproc what it
+ * sends meanwhile is queued and delivered once the gateway is there. */
+static void test_inproc_connect_first(msg_ctx *c) {
+    msg_sock *gw, *wk;
+    CHECK_OK(msg_connect(c, "inproc://test-early", "early", &wk));
+    msg hello = g_samples[0], got;
+    CHECK_OK(msg_send(wk, NULL, &hello));
+    CHECK_OK(msg_listen(c, "inproc://test-early", &gw));
+    CHECK_OK(msg_send(wk, NULL, &g_samples[1]));
+    char peer[MSG_PEER_MAX];
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(msg_recv(gw, 2000, &got, peer, sizeof peer));
+        CHECK(msg_eq(&g_samples[i], &got));
+        CHECK_EQ_STR(peer, "early");
+        msg_clear(&got);
+    }
+    CHECK_EQ_INT(msg_recv(gw, 0, &got, peer, sizeof peer), TV_ETIMEOUT);
+    msg_close(wk);
+    msg_close(gw);
+}
+
 static msg_sock *listen_tcp(msg_ctx *c) {
     msg_sock *gw = NULL;
     CHECK_OK(msg_listen(c, "tcp://127.0.0.1:*", &gw));
@@ -514,6 +535,7 @@ int main(void) {
     msg_ctx *c;
     CHECK_OK(msg_ctx_new(&c));
     test_inproc(c);
+    test_inproc_connect_first(c);
     test_tcp(c);
     test_send_refusals(c);
     test_hostile_worker(c);
