@@ -387,6 +387,7 @@ static void test_redis_silent(void) {
     CHECK_EQ_INT(cache_get(c, "emb:x", FP, &got), TV_EIO);
     double dt = now_ms() - t0;
     CHECK_MSG(dt < 400, "silent server: %.0f ms", dt);
+    printf("test_cache: silent server: call gave up after %.1f ms (timeout 200 ms)\n", dt);
     cache_stats st;
     cache_get_stats(c, &st);
     CHECK(st.up == 0 && st.errors == 1);
@@ -427,6 +428,24 @@ static void test_redis(void) {
     test_redis_values(c, port);
     test_redis_ttl(port);
 
+    /* Redis hangs (stopped): calls give up within the timeout; it resumes: so do hits */
+    kill(g_redis, SIGSTOP);
+    double t0 = now_ms();
+    CHECK_EQ_INT(cache_get(c, key, FP, &got), TV_EIO);
+    double dt = now_ms() - t0;
+    CHECK_MSG(dt < 2 * timeout_ms, "a call took %.0f ms with Redis stopped", dt);
+    printf("test_cache: Redis stopped: call gave up after %.1f ms (timeout %d ms)\n", dt, timeout_ms);
+    cache_get_stats(c, &st);
+    CHECK_EQ_INT(st.up, 0);
+    kill(g_redis, SIGCONT);
+    int rc = TV_EIO;
+    for (double t_end = now_ms() + 4000; rc != TV_OK && now_ms() < t_end;) {
+        rc = cache_get(c, key, FP, &got);
+        if (rc) usleep(100000);
+    }
+    CHECK_OK(rc);
+    cache_emb_clear(&got);
+
     /* Redis dies: every call fails fast */
     kill_redis();
     double worst = 0;
@@ -441,6 +460,7 @@ static void test_redis(void) {
         if (i == 1) usleep(1100000); /* let one reconnect attempt happen (refused) */
     }
     CHECK_MSG(worst < 2 * timeout_ms, "a call took %.0f ms with Redis down", worst);
+    printf("test_cache: Redis killed: slowest call %.1f ms (timeout %d ms)\n", worst, timeout_ms);
     cache_get_stats(c, &st);
     CHECK_EQ_INT(st.up, 0);
 
@@ -448,13 +468,15 @@ static void test_redis(void) {
     if (start_redis(port) != 0) {
         CHECK_MSG(0, "could not restart redis-server on port %d", port);
     } else {
-        int rc = TV_EIO;
+        rc = TV_EIO;
         double t_end = now_ms() + 4000;
         while (rc != TV_OK && now_ms() < t_end) {
             rc = cache_put(c, key, &e);
             if (rc) usleep(100000);
         }
         CHECK_OK(rc);
+        printf("test_cache: Redis restarted: first put succeeded %.0f ms later\n",
+               now_ms() - (t_end - 4000));
         CHECK_OK(cache_get(c, key, FP, &got));
         CHECK(emb_same(&got, &e));
         cache_emb_clear(&got);

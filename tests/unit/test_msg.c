@@ -464,6 +464,7 @@ static void test_vanished(msg_ctx *c) {
     }
     CHECK_EQ_INT(rc, TV_EAGAIN);
     CHECK_MSG(worst < 100, "a send took %.1f ms", worst);
+    printf("test_msg: send to a vanished worker: TV_EAGAIN, slowest send %.2f ms\n", worst);
     /* a worker whose gateway is gone: its sends give up after the short send timeout */
     CHECK_OK(msg_connect(c, msg_endpoint(gw), "orphan", &wk));
     msg_close(gw);
