@@ -389,6 +389,15 @@ static void test_hostile_worker(msg_ctx *c) {
     CHECK_EQ_INT(msg_recv(gw, 3000, &got, peer, sizeof peer), TV_EFORMAT);
     CHECK_MSG(strstr(err_msg(), "embedding") != NULL, "%s", err_msg());
 
+    /* a peer without an id (ZeroMQ makes up a binary one): dropped, we could not answer it */
+    void *anon = zmq_socket(zc, ZMQ_DEALER);
+    zmq_setsockopt(anon, ZMQ_LINGER, &zero, sizeof zero);
+    CHECK_EQ_INT(zmq_connect(anon, msg_endpoint(gw)), 0);
+    zmq_send(anon, V1_CANCEL, sizeof V1_CANCEL, 0);
+    CHECK_EQ_INT(msg_recv(gw, 3000, &got, peer, sizeof peer), TV_EFORMAT);
+    CHECK_MSG(strstr(err_msg(), "id") != NULL, "%s", err_msg());
+    zmq_close(anon);
+
     /* still working */
     zmq_send(raw, V1_CANCEL, sizeof V1_CANCEL, 0);
     CHECK_OK(msg_recv(gw, 3000, &got, peer, sizeof peer));
