@@ -10,5 +10,6 @@ int cli_index(int argc, char **argv);   /* cli/index.c */
 int cli_serve(int argc, char **argv);   /* cli/serve.c */
 int cli_vision_worker(int argc, char **argv); /* cli/workers_cmd.c */
 int cli_lm_worker(int argc, char **argv);     /* cli/workers_cmd.c */
+int cli_gateway(int argc, char **argv);       /* cli/gateway_cmd.c */
 
 #endif

@@ -18,7 +18,7 @@ static const cli_command cli_commands[] = {
     {"serve", NULL, "gateway + vision worker + LM worker in one process (the embedded default)"},
     {"ask", cli_ask, "one process, one answer: tinyvlm ask --model DIR --image FILE \"question\""},
     {"convert", cli_convert, "original checkpoints (.pth + HF Phi-2 folder) -> a tinyvlm bundle"},
-    {"gateway", NULL, "the HTTP API (distributed deployment)"},
+    {"gateway", cli_gateway, "the HTTP API (distributed deployment)"},
     {"vision-worker", cli_vision_worker, "image -> embeddings worker (distributed deployment)"},
     {"lm-worker", cli_lm_worker, "embeddings + prompt -> tokens worker (distributed deployment)"},
     {"index", cli_index, "send a folder of images through /v1/embeddings"},

@@ -574,14 +574,20 @@ static void api_floats(gw_sb *b, const float *v, size_t n) {
 }
 
 char *gw_api_embeddings_json(const char *model, const gw_embed_req *req, float *const *vectors,
-                             const msg_embedding *const *full, uint32_t dim, uint32_t rows) {
+                             const msg_embedding *const *full, const int *cached, uint32_t dim,
+                             uint32_t rows) {
     gw_sb b = {0};
     char *mj = api_print(cJSON_CreateString(model ? model : "")); /* JSON-escaped name */
     gw_sb_printf(&b, "{\"object\":\"list\",\"data\":[");
-    float *row = tv_xmalloc((size_t)dim * sizeof *row);
+    uint32_t row_cap = dim;
+    for (size_t i = 0; full && i < req->n_images; i++)
+        if (full[i] && full[i]->dim > row_cap) row_cap = full[i]->dim;
+    float *row = tv_xmalloc((size_t)(row_cap ? row_cap : 1) * sizeof *row);
     for (size_t i = 0; i < req->n_images; i++) {
-        gw_sb_printf(&b, "%s{\"object\":\"embedding\",\"index\":%zu,\"sha256\":\"%s\",\"embedding\":",
+        gw_sb_printf(&b, "%s{\"object\":\"embedding\",\"index\":%zu,\"sha256\":\"%s\"",
                      i ? "," : "", i, req->images[i].sha_hex);
+        if (cached) gw_sb_printf(&b, ",\"cached\":%s", cached[i] ? "true" : "false");
+        gw_sb_printf(&b, ",\"embedding\":");
         api_floats(&b, vectors[i], dim);
         if (full && full[i] && api_emb_ok(full[i])) {
             gw_sb_printf(&b, ",\"embedding_full\":[");

@@ -105,9 +105,10 @@ char *gw_api_error_sse(const gw_error *e);
 int gw_api_pool(const msg_embedding *emb, float *out);
 
 /* One embeddings answer: vectors[i] is dim floats for image i; full[i] (NULL unless the request
- * asked) the whole embedding. */
+ * asked) the whole embedding; cached[i] (cached NULL = left out) whether the cache had it. */
 char *gw_api_embeddings_json(const char *model, const gw_embed_req *req, float *const *vectors,
-                             const msg_embedding *const *full, uint32_t dim, uint32_t rows);
+                             const msg_embedding *const *full, const int *cached, uint32_t dim,
+                             uint32_t rows);
 
 /* {"object":"list","data":[{"id":name,"object":"model","created":...,"owned_by":"tinyvlm"}...]}. */
 char *gw_api_models_json(const char *const *names, size_t n, long long created);

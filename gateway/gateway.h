@@ -20,7 +20,7 @@ typedef struct {
     /* HTTP */
     const char *host;            /* bind address; default "0.0.0.0" ("127.0.0.1" for serve) */
     int port;                    /* default 8080; 0 = any free port (see bound_port) */
-    int http_threads;            /* libmicrohttpd worker threads; default 16 */
+    int max_connections;         /* HTTP connections at once (one thread each); default 512 */
     /* workers */
     const char *listen;          /* msg endpoint to bind; default "tcp://0.0.0.0:5555" */
     msg_ctx *ctx;                /* borrowed (serve); NULL = the gateway makes its own */

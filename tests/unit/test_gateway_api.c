@@ -336,12 +336,14 @@ static void test_pool(void) {
     float vec[2] = {0.6f, 0.8f};
     float *vecs[1] = {vec};
     const msg_embedding *full[1] = {&emb};
-    char *s = gw_api_embeddings_json("m\"x", &req, vecs, full, 2, 2);
+    int cached[1] = {1};
+    char *s = gw_api_embeddings_json("m\"x", &req, vecs, full, cached, 2, 2);
     cJSON *o = cJSON_Parse(s);
     CHECK(o != NULL);
     CHECK_EQ_STR(cJSON_GetObjectItem(o, "model")->valuestring, "m\"x");
     cJSON *d0 = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "data"), 0);
     CHECK_EQ_STR(cJSON_GetObjectItem(d0, "sha256")->valuestring, "ab");
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItem(d0, "cached")));
     CHECK_NEAR(cJSON_GetArrayItem(cJSON_GetObjectItem(d0, "embedding"), 1)->valuedouble, 0.8, 1e-7);
     cJSON *fr = cJSON_GetArrayItem(cJSON_GetObjectItem(d0, "embedding_full"), 1);
     CHECK_NEAR(cJSON_GetArrayItem(fr, 0)->valuedouble, 3, 0);
