@@ -15,7 +15,7 @@ typedef struct {
 
 static const cli_command cli_commands[] = {
     {"inspect", cli_inspect, "show what tinyvlm reads from an image, tokenizer, safetensors or .pth file"},
-    {"serve", NULL, "gateway + vision worker + LM worker in one process (the embedded default)"},
+    {"serve", cli_serve, "gateway + vision worker + LM worker in one process (the embedded default)"},
     {"ask", cli_ask, "one process, one answer: tinyvlm ask --model DIR --image FILE \"question\""},
     {"convert", cli_convert, "original checkpoints (.pth + HF Phi-2 folder) -> a tinyvlm bundle"},
     {"gateway", cli_gateway, "the HTTP API (distributed deployment)"},

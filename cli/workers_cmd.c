@@ -193,7 +193,9 @@ volatile sig_atomic_t *wopt_stop_flag(void) {
     {"--gateway-timeout-ms", WOPT_INT, &(o).gateway_timeout_ms, 10, 600000, "MS",                 \
      "a gateway silent this long is registered with again (3000)"},                                 \
     {"--grace-s", WOPT_INT, &(o).grace_s, 0, 3600, "S",                                            \
-     "on SIGTERM, time to finish in-flight work (20)"}
+     "on SIGTERM, time to finish in-flight work (20)"},                                             \
+    {"--health-port", WOPT_INT, &(o).health_port, 0, 65535, "N",                                   \
+     "serve GET /healthz and /readyz on this port (0 = off)"}
 
 static void gateways_or_default(wopt_list *gws, const char *const **out, int *n) {
     if (gws->n) {

@@ -1,9 +1,16 @@
 /* wlink — worker <-> gateways: sockets, Hello, heartbeats, Bye. */
 #include "wlink.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +29,14 @@ struct wlink {
     msg_heartbeat hb;
     int heartbeat_ms, timeout_ms, bye;
     uint64_t next_tick_ms;
+    /* read by the health thread */
+    _Atomic uint64_t turn_ms;   /* last wlink_recv */
+    _Atomic uint64_t heard_any; /* last message from any gateway */
+    atomic_int said_bye;
+    atomic_int health_stop;
+    int health_fd;
+    pthread_t health_th;
+    int health_on;
 };
 
 uint64_t wlink_now_ms(void) {
@@ -83,6 +98,11 @@ int wlink_new(msg_ctx *ctx, const char *const *endpoints, int n, const msg_hello
 void wlink_free(wlink *l) {
     if (!l)
         return;
+    if (l->health_on) {
+        atomic_store(&l->health_stop, 1);
+        pthread_join(l->health_th, NULL);
+        close(l->health_fd);
+    }
     for (int i = 0; i < l->n; i++) {
         msg_close(l->socks[i]);
         free(l->endpoints[i]);
@@ -184,6 +204,7 @@ static int take_one(wlink *l, msg *m, int *gw) {
         if (rc)
             return rc;
         l->heard_ms[i] = wlink_now_ms();
+        atomic_store(&l->heard_any, l->heard_ms[i]);
         if (link_message(l, i, m))
             continue;
         *gw = i;
@@ -195,6 +216,7 @@ static int take_one(wlink *l, msg *m, int *gw) {
 
 int wlink_recv(wlink *l, int timeout_ms, msg *m, int *gw) {
     memset(m, 0, sizeof *m);
+    atomic_store(&l->turn_ms, wlink_now_ms());
     uint64_t end = wlink_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
     for (;;) {
         uint64_t now = wlink_now_ms();
@@ -230,10 +252,91 @@ int wlink_send_error(wlink *l, int gw, uint64_t id, uint32_t status, const char 
 
 void wlink_bye(wlink *l, const char *reason) {
     l->bye = 1;
+    atomic_store(&l->said_bye, 1);
     l->hb.draining = 1;
     for (int i = 0; i < l->n; i++) {
         msg m = {.type = MSG_BYE};
         m.u.bye_reason = (char *)(reason ? reason : "shutdown");
         msg_send(l->socks[i], NULL, &m);
     }
+}
+
+/* ---- health probes ------------------------------------------------------------------------- */
+
+#define WLINK_STALL_MS 10000
+
+static void health_answer(wlink *l, int fd) {
+    char req[1024];
+    size_t n = 0;
+    struct pollfd p = {fd, POLLIN, 0};
+    while (n < sizeof req - 1 && poll(&p, 1, 1000) > 0) { /* the request line is enough */
+        ssize_t k = recv(fd, req + n, sizeof req - 1 - n, 0);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+        req[n] = 0;
+        if (strstr(req, "\r\n"))
+            break;
+    }
+    req[n] = 0;
+    uint64_t now = wlink_now_ms(), turn = atomic_load(&l->turn_ms),
+             heard = atomic_load(&l->heard_any);
+    int code = 404;
+    const char *body = "not found\n";
+    if (!strncmp(req, "GET /healthz", 12)) {
+        int ok = now - turn <= WLINK_STALL_MS;
+        code = ok ? 200 : 503, body = ok ? "ok\n" : "stalled\n";
+    } else if (!strncmp(req, "GET /readyz", 11)) {
+        int ok = heard && now - heard <= (uint64_t)l->timeout_ms && !atomic_load(&l->said_bye);
+        code = ok ? 200 : 503, body = ok ? "ready\n" : "not registered with a gateway\n";
+    }
+    char out[256];
+    int len = snprintf(out, sizeof out,
+                       "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                       "Connection: close\r\n\r\n%s",
+                       code, code == 200 ? "OK" : code == 404 ? "Not Found" : "Service Unavailable",
+                       strlen(body), body);
+    if (send(fd, out, (size_t)len, MSG_NOSIGNAL) < 0)
+        log_debug("wlink", "health answer not sent: %s", strerror(errno));
+}
+
+static void *health_main(void *arg) {
+    wlink *l = arg;
+    while (!atomic_load(&l->health_stop)) {
+        struct pollfd p = {l->health_fd, POLLIN, 0};
+        if (poll(&p, 1, 200) <= 0)
+            continue;
+        int fd = accept(l->health_fd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        health_answer(l, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+int wlink_health_start(wlink *l, int port) {
+    if (port <= 0 || l->health_on)
+        return TV_OK;
+    if (port > 65535)
+        return err_set(TV_EINVAL, "health port %d out of range", port);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_ANY)};
+    if (fd < 0)
+        return err_set(TV_EIO, "health port %d: socket: %s", port, strerror(errno));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 16)) {
+        int e = errno;
+        close(fd);
+        return err_set(TV_EIO, "health port %d: %s", port, strerror(e));
+    }
+    l->health_fd = fd;
+    if (pthread_create(&l->health_th, NULL, health_main, l)) {
+        close(fd);
+        return err_set(TV_EINTERNAL, "health port %d: cannot start its thread", port);
+    }
+    l->health_on = 1;
+    log_info("wlink", "health probes on port %d (/healthz, /readyz)", port);
+    return TV_OK;
 }

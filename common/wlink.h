@@ -52,6 +52,13 @@ void wlink_bye(wlink *l, const char *reason);
 int wlink_count(const wlink *l);
 int wlink_registered(const wlink *l);
 
+/* Serves plain HTTP on 0.0.0.0:port from a thread of its own, for orchestrators' probes:
+ * GET /healthz is 200 while the worker's loop turns (wlink_recv called within the last 10 s),
+ * else 503; GET /readyz is 200 while at least one gateway has heard from it within the timeout
+ * and it has not said Bye, else 503; anything else 404. Stopped by wlink_free. Returns 0, or
+ * TV_EIO naming the port (in use, no permission). port 0 = off (returns 0). */
+int wlink_health_start(wlink *l, int port);
+
 /* A default worker id, "host:pid:random" (kind "vision" or "lm" in front), into buf. */
 void wlink_default_id(const char *kind, char *buf, size_t cap);
 

@@ -135,6 +135,8 @@ static int lw_open(lw_state *w) {
     rc = wlink_new(w->ctx, o->gateways, o->n_gateways, &h, o->heartbeat_ms,
                    o->gateway_timeout_ms, &w->link);
     if (!rc)
+        rc = wlink_health_start(w->link, o->health_port);
+    if (!rc)
         log_info("lm-worker", "%s: model %s, %s, %d sequences x %d positions, cache %s", id,
                  w->mf->name, kern_name(w->be), o->max_seqs, w->n_ctx, w->cache ? "on" : "off");
     return rc;

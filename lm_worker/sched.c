@@ -167,11 +167,14 @@ static void seq_flush_text(sched *s, sched_seq *q) {
     const char *tail, *out;
     size_t n, on;
     tok_stream_flush(q->ts, &tail, &n);
-    if (!stopper_push(q->st, tail, n, &out, &on)) {
+    /* (empty pieces skip stopper_push: it would memmem a NULL buffer before its first text) */
+    int stopped = n > 0 && stopper_push(q->st, tail, n, &out, &on);
+    if (n > 0)
         text_add(s, out, on);
+    if (!stopped) {
         stopper_flush(q->st, &out, &on);
+        text_add(s, out, on);
     }
-    text_add(s, out, on);
 }
 
 static int is_stop_token(const manifest *mf, int32_t t) {
@@ -196,10 +199,12 @@ static void seq_sample(sched *s, int i, float *logits) {
         size_t n = 0, on;
         if (tok_stream_push(q->ts, t, &piece, &n) != 0)
             n = 0; /* a padding row of the vocabulary: no text */
-        int stopped = stopper_push(q->st, piece, n, &out, &on);
-        text_add(s, out, on);
-        if (stopped)
+        if (n > 0 && stopper_push(q->st, piece, n, &out, &on)) {
+            text_add(s, out, on);
             finish = "stop";
+        } else if (n > 0) {
+            text_add(s, out, on);
+        }
     }
     if (!finish && (q->n_gen >= q->max_new || phi_seq_len(s->lm, i) >= s->n_ctx))
         finish = "length";

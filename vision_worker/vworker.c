@@ -124,6 +124,8 @@ static int vw_open(vw_state *w) {
     rc = wlink_new(w->ctx, o->gateways, o->n_gateways, &h, o->heartbeat_ms,
                    o->gateway_timeout_ms, &w->link);
     if (!rc)
+        rc = wlink_health_start(w->link, o->health_port);
+    if (!rc)
         log_info("vision-worker", "%s: model %s (%dx%d -> %d x %d), %s, batch %d, wait %d ms, "
                  "embeddings %s, cache %s", id, w->mf->name, w->S, w->S, w->Q, w->d,
                  kern_name(w->be), w->max_batch, o->batch_wait_ms,

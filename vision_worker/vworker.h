@@ -35,6 +35,7 @@ typedef struct {
     int heartbeat_ms;                /* default 1000 */
     int gateway_timeout_ms;          /* default 3000 */
     int grace_s;                     /* default 20 */
+    int health_port;                 /* HTTP /healthz and /readyz on this port; 0 = off */
     volatile int *ready;             /* optional out: 1 once loaded and registered */
 } vworker_opts;
 

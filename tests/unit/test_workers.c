@@ -5,8 +5,12 @@
  * invalid_image), a generate that reads the embedding from the cache and streams the reference's
  * 32 greedy tokens, the error answers (missing embedding, prompt over the context), cancel, and
  * shutdown (Bye, clean return). */
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -303,6 +307,44 @@ static void test_rehello(void) {
     CHECK(heartbeats_v > 0 && heartbeats_l > 0);
 }
 
+/* A port that was free a moment ago. */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof a) &&
+        !getsockname(fd, (struct sockaddr *)&a, &n))
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+/* GET path on 127.0.0.1:port -> the HTTP status (0 when nothing answered). */
+static int http_status(int port, const char *path) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), status = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    char buf[512];
+    if (fd >= 0 && !connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        int len = snprintf(buf, sizeof buf, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+        if (send(fd, buf, (size_t)len, 0) == len) {
+            ssize_t k = recv(fd, buf, sizeof buf - 1, 0);
+            buf[k > 0 ? k : 0] = 0;
+            sscanf(buf, "HTTP/1.1 %d", &status);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    return status;
+}
+
+static void test_health(int port) {
+    CHECK_EQ_INT(http_status(port, "/healthz"), 200);
+    CHECK_EQ_INT(http_status(port, "/readyz"), 200);
+    CHECK_EQ_INT(http_status(port, "/other"), 404);
+}
+
 static void test_shutdown(worker_thread *th) {
     th[0].stop = th[1].stop = 1;
     int byes = 0;
@@ -357,6 +399,8 @@ int main(void) {
     vo.worker_id = "v1", lo.worker_id = "l1";
     vo.max_batch = 2, vo.batch_wait_ms = 50, vo.emb_dtype = MSG_EMB_F32;
     lo.max_seqs = 2;
+    int hport = free_port();
+    lo.health_port = hport;
     worker_thread th[2] = {{0, &vo, 0, 0, 0}, {1, &lo, 0, 0, 0}};
     for (int i = 0; i < 2; i++)
         CHECK(pthread_create(&th[i].th, NULL, worker_main, &th[i]) == 0);
@@ -366,6 +410,7 @@ int main(void) {
     test_generate(&f);
     test_errors_and_cancel(&f, emb);
     test_rehello();
+    test_health(hport);
     test_shutdown(th);
     msg_close(gw);
     cache_free(c);
