@@ -135,13 +135,15 @@ static const msg *img_wait(gw *g, gw_box *b, double deadline, struct MHD_Connect
 
 /* Turns the encode answer into ref. Returns 0, 1 (need the values but only the cache has them
  * and it failed: encode again inline), or -1 with e filled. */
-static int img_take(gw *g, const msg *m, const char *fp, int need_values, gw_ref *ref, gw_error *e) {
+static int img_take(gw *g, const msg *m, const char *fp, int need_values, int owner, gw_ref *ref,
+                    gw_error *e) {
+    if (owner) /* counted once per encode, not per request that waited on it */
+        gw_met_add(g->met, "tinyvlm_image_encodes_total",
+                   m->type == MSG_ENCODED ? "result=\"ok\"" : "result=\"error\"", 1);
     if (m->type != MSG_ENCODED) {
-        gw_met_add(g->met, "tinyvlm_image_encodes_total", "result=\"error\"", 1);
         gw_error_from_msg(m, e);
         return -1;
     }
-    gw_met_add(g->met, "tinyvlm_image_encodes_total", "result=\"ok\"", 1);
     if (m->u.encoded.embedding.data) {
         img_emb_copy(&ref->emb, &m->u.encoded.embedding);
         return 0;
@@ -180,7 +182,7 @@ int gw_images(gw *g, const gw_image *ims, size_t n, const char *fp, const char *
     for (size_t i = 0; i < n; i++) {
         if (!boxes[i]) continue;
         const msg *m = rc ? NULL : img_wait(g, boxes[i], deadline, c, e);
-        int took = m ? img_take(g, m, fp, need_values, &refs[i], e) : -1;
+        int took = m ? img_take(g, m, fp, need_values, owner[i], &refs[i], e) : -1;
         if (owner[i]) img_retire(g, refs[i].key, boxes[i]);
         gw_box_unref(boxes[i]);
         if (took == 1) /* a joined encode left the values only in a cache we cannot read */
