@@ -204,7 +204,9 @@ int main(void) {
 int main(void) {
     printf("test_noalloc: skipped under AddressSanitizer (it owns malloc; the Release build runs "
            "this test)\n");
-    return check_finish("test_noalloc");
+    (void)check_count;   /* nothing was checked, and that is not a failure here */
+    (void)check_failed;
+    return 0;
 }
 
 #endif
