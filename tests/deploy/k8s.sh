@@ -2,7 +2,9 @@
 # deploy/k8s offline: `kubectl kustomize` renders the cpu and gpu overlays (and the queue-depth
 # autoscaler variant, and a user overlay that replaces the API keys); every manifest parses
 # (kubectl turns it into JSON without a cluster); and the properties that matter hold:
-# probes hit /healthz or /readyz on a declared port that the process really listens on, every
+# probes hit /healthz or /readyz on a declared port that the process really listens on (workers:
+# a mounted script asking the gateways' /metrics, a route the gateway serves), workers list
+# every gateway pod, every
 # container has CPU and memory requests, HPAs and PDBs and Services point at existing
 # Deployments, references to ConfigMaps and Secrets resolve, worker pods get more time to stop
 # than the workers' --grace-s, the gpu overlay asks for nvidia.com/gpu, and the tinyvlm
@@ -80,28 +82,40 @@ for o in cpu gpu mine; do
   check "$o: every object in the tinyvlm namespace" "$work/x"
 
   # Every container (init containers too) has CPU and memory requests.
-  jq -r '.[] | select(.kind=="Deployment") | .metadata.name as $d
+  jq -r '.[] | select(.kind | IN("Deployment", "StatefulSet")) | .metadata.name as $d
          | (.spec.template.spec.containers + (.spec.template.spec.initContainers // []))[]
          | select((.resources.requests.cpu // "") == "" or (.resources.requests.memory // "") == "")
          | "\($d)/\(.name) has no cpu+memory requests"' "$J" >"$work/x"
   check "$o: every container has resource requests" "$work/x"
 
-  # Every long-running container has liveness and readiness probes; HTTP probes ask /healthz or
-  # /readyz on a port the container declares.
-  jq -r '.[] | select(.kind=="Deployment") | .metadata.name as $d
-         | .spec.template.spec.containers[] | . as $c
+  # Every long-running container has liveness and readiness probes. HTTP probes ask /healthz or
+  # /readyz on a port the container declares; exec probes run redis-cli or `sh FILE` where FILE
+  # comes from a ConfigMap mounted in that container.
+  jq -r '[.[] | select(.kind=="ConfigMap")] as $cms
+         | .[] | select(.kind | IN("Deployment", "StatefulSet")) | .metadata.name as $d
+         | .spec.template.spec as $p | $p.containers[] | . as $c
+         | ([$c.volumeMounts[]? | . as $m | $p.volumes[] | select(.name == $m.name and .configMap != null)
+             | .configMap.name as $n | $cms[] | select(.metadata.name == $n) | .data | keys[]
+             | "\($m.mountPath)/\(.)"]) as $files
          | (if .livenessProbe == null or .readinessProbe == null
             then "\($d)/\(.name) lacks a liveness or readiness probe" else empty end),
-           ([.livenessProbe, .readinessProbe, .startupProbe][] | select(. != null and .httpGet != null)
-            | .httpGet as $h
-            | (if ($h.path | IN("/healthz", "/readyz")) then empty
-               else "\($d)/\($c.name) probes \($h.path)" end),
-              (if ([($c.ports // [])[] | select(.name == $h.port or .containerPort == $h.port)] | length) > 0
-               then empty else "\($d)/\($c.name) probes undeclared port \($h.port)" end))' \
+           ([.livenessProbe, .readinessProbe, .startupProbe][] | select(. != null)
+            | if .httpGet != null then
+                .httpGet as $h
+                | (if ($h.path | IN("/healthz", "/readyz")) then empty
+                   else "\($d)/\($c.name) probes \($h.path)" end),
+                  (if ([($c.ports // [])[] | select(.name == $h.port or .containerPort == $h.port)] | length) > 0
+                   then empty else "\($d)/\($c.name) probes undeclared port \($h.port)" end)
+              elif .exec != null then
+                .exec.command as $x
+                | if $x[0] == "redis-cli" then empty
+                  elif $x[0] == "sh" and ($x[1] | IN($files[])) then empty
+                  else "\($d)/\($c.name): exec probe \($x | join(" ")) runs no mounted script" end
+              else "\($d)/\($c.name): probe neither httpGet nor exec" end)' \
     "$J" >"$work/x"
-  check "$o: probes on /healthz|/readyz and declared ports" "$work/x"
+  check "$o: probes on /healthz|/readyz, declared ports, mounted scripts" "$work/x"
   # Liveness must not depend on other services: it asks /healthz, readiness asks /readyz.
-  jq -r '.[] | select(.kind=="Deployment") | .metadata.name as $d | .spec.template.spec.containers[]
+  jq -r '.[] | select(.kind | IN("Deployment", "StatefulSet")) | .metadata.name as $d | .spec.template.spec.containers[]
          | select(.livenessProbe.httpGet != null)
          | select(.livenessProbe.httpGet.path != "/healthz" or .readinessProbe.httpGet.path != "/readyz")
          | "\($d)/\(.name): liveness \(.livenessProbe.httpGet.path), readiness \(.readinessProbe.httpGet.path)"' \
@@ -115,7 +129,7 @@ for o in cpu gpu mine; do
          | "HPA targets \(.kind)/\(.name), not an existing Deployment"' "$J" >"$work/x"
   check "$o: HPAs target existing Deployments" "$work/x"
   jq -r '[.[] | select(.kind=="HorizontalPodAutoscaler") | .spec.scaleTargetRef.name] as $h
-         | .[] | select(.kind=="Deployment") | .metadata.name | select(test("worker"))
+         | .[] | select(.kind | IN("Deployment", "StatefulSet")) | .metadata.name | select(test("worker"))
          | select(IN($h[]) | not) | "worker pool \(.) has no HPA"' "$J" >"$work/x"
   check "$o: an HPA per worker pool" "$work/x"
   jq -r '.[] | select(.kind=="HorizontalPodAutoscaler")
@@ -125,7 +139,7 @@ for o in cpu gpu mine; do
   check "$o: HPA ranges and metrics" "$work/x"
 
   # PDB and Service selectors select some Deployment's pods; Service target ports exist there.
-  jq -r '[.[] | select(.kind=="Deployment") | .spec.template] as $T
+  jq -r '[.[] | select(.kind | IN("Deployment", "StatefulSet")) | .spec.template] as $T
          | .[] | select(.kind=="PodDisruptionBudget" or .kind=="Service")
          | (.spec.selector.matchLabels // .spec.selector // {}) as $s | . as $o
          | [$T[] | select(. as $t | $s | to_entries | all(.value == $t.metadata.labels[.key]))] as $m
@@ -138,7 +152,7 @@ for o in cpu gpu mine; do
            else empty end' "$J" >"$work/x"
   check "$o: PDBs and Services select pods with those ports" "$work/x"
   jq -r '[.[] | select(.kind=="PodDisruptionBudget") | (.spec.selector.matchLabels // {})] as $P
-         | .[] | select(.kind=="Deployment") | . as $d
+         | .[] | select(.kind | IN("Deployment", "StatefulSet")) | . as $d
          | select([$P[] | to_entries | all(.value == $d.spec.template.metadata.labels[.key])] | any | not)
          | "Deployment \(.metadata.name) has no PodDisruptionBudget"' "$J" >"$work/x"
   check "$o: a PDB per Deployment" "$work/x"
@@ -146,7 +160,7 @@ for o in cpu gpu mine; do
   # ConfigMaps and Secrets referenced exist (after kustomize's name hashing).
   jq -r '[.[] | select(.kind=="ConfigMap") | .metadata.name] as $cm
          | [.[] | select(.kind=="Secret") | .metadata.name] as $sec
-         | .[] | select(.kind=="Deployment") | .metadata.name as $d | .spec.template.spec
+         | .[] | select(.kind | IN("Deployment", "StatefulSet")) | .metadata.name as $d | .spec.template.spec
          | ([.containers[].envFrom[]?.configMapRef.name // empty] | .[] | select(IN($cm[]) | not)
             | "\($d): ConfigMap \(.) missing"),
            ([.volumes[]?.secret.secretName // empty] | .[] | select(IN($sec[]) | not)
@@ -154,7 +168,7 @@ for o in cpu gpu mine; do
   check "$o: ConfigMap and Secret references resolve" "$work/x"
 
   # The gateway's --api-keys file is a key of the Secret mounted there.
-  jq -r '(.[] | select(.kind=="Secret")) as $sec | .[] | select(.kind=="Deployment"
+  jq -r '(.[] | select(.kind=="Secret")) as $sec | .[] | select((.kind | IN("Deployment", "StatefulSet"))
          and .metadata.name=="tinyvlm-gateway") | .spec.template.spec as $p | $p.containers[0] as $c
          | ($c.args as $a | [range(0; $a | length) | select($a[.] == "--api-keys") | $a[. + 1]][0]
             // "") as $f
@@ -168,7 +182,7 @@ for o in cpu gpu mine; do
 
   # Workers: terminationGracePeriodSeconds leaves room after --grace-s (TINYVLM_GRACE_S).
   jq -r '([.[] | select(.kind=="ConfigMap") | .data] | add) as $cfg
-         | .[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
+         | .[] | select((.kind | IN("Deployment", "StatefulSet")) and (.metadata.name | test("worker")))
          | .metadata.name as $d | .spec.template.spec as $p
          | ([$p.containers[0].env[]? | select(.name=="TINYVLM_GRACE_S") | .value][0]
             // $cfg.TINYVLM_GRACE_S // "") as $g
@@ -179,7 +193,7 @@ for o in cpu gpu mine; do
   check "$o: worker stop grace > --grace-s" "$work/x"
 
   # Pods run as non-root without privilege escalation.
-  jq -r '.[] | select(.kind=="Deployment") | .metadata.name as $d | .spec.template.spec
+  jq -r '.[] | select(.kind | IN("Deployment", "StatefulSet")) | .metadata.name as $d | .spec.template.spec
          | select(.securityContext.runAsNonRoot != true
                   or ([.containers[], (.initContainers // [])[]
                        | select(.securityContext.allowPrivilegeEscalation != false)] | length) > 0)
@@ -187,7 +201,7 @@ for o in cpu gpu mine; do
   check "$o: non-root, no privilege escalation" "$work/x"
 
   # Images are the ones deploy/docker builds (or Redis).
-  jq -r '.[] | select(.kind=="Deployment") | .spec.template.spec
+  jq -r '.[] | select(.kind | IN("Deployment", "StatefulSet")) | .spec.template.spec
          | (.containers + (.initContainers // []))[] | .image
          | select(test("^(tinyvlm:(cpu|cuda)|tinyvlm-model:[a-z0-9._-]+|redis:[0-9a-z.-]+)$") | not)
          | "unknown image \(.)"' "$J" >"$work/x"
@@ -196,19 +210,19 @@ done
 
 # ---- overlay-specific ------------------------------------------------------------------------
 if [ -s "$work/gpu.json" ]; then
-  jq -r '.[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
+  jq -r '.[] | select((.kind | IN("Deployment", "StatefulSet")) and (.metadata.name | test("worker")))
          | .metadata.name as $d | .spec.template.spec.containers[0]
          | select(.resources.limits["nvidia.com/gpu"] == null or .image != "tinyvlm:cuda")
          | "\($d): no nvidia.com/gpu limit or not the CUDA image"' "$work/gpu.json" >"$work/x"
   check "gpu: workers take a GPU and run tinyvlm:cuda" "$work/x"
 fi
 if [ -s "$work/cpu.json" ]; then
-  jq -r '.[] | select(.kind=="Deployment") | .metadata.name as $d | .spec.template.spec.containers[]
+  jq -r '.[] | select(.kind | IN("Deployment", "StatefulSet")) | .metadata.name as $d | .spec.template.spec.containers[]
          | select(.resources.limits["nvidia.com/gpu"] != null or .image == "tinyvlm:cuda")
          | "\($d): GPU in the cpu overlay"' "$work/cpu.json" >"$work/x"
   check "cpu: no GPU anywhere" "$work/x"
   # Worker thread count = the CPU it requests.
-  jq -r '.[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
+  jq -r '.[] | select((.kind | IN("Deployment", "StatefulSet")) and (.metadata.name | test("worker")))
          | .metadata.name as $d | .spec.template.spec.containers[0]
          | ([.env[]? | select(.name=="TINYVLM_THREADS") | .value][0] // "") as $t
          | select($t != (.resources.requests.cpu | tostring))
@@ -223,7 +237,7 @@ if [ -s "$work/mine.json" ]; then
   check "queue-depth variant: both HPAs on tinyvlm_queue_depth" "$work/x"
   got=$(jq -r '.[] | select(.kind=="Secret") | .data["api-keys"]' "$work/mine.json" | base64 -d 2>/dev/null)
   ok "own overlay replaces the API keys" "$([ "$got" = "sk-test-123 acme 4 60" ] && echo 0 || echo 1)"
-  jq -r '[.[] | select(.kind=="Secret") | .metadata.name] as $s | .[] | select(.kind=="Deployment")
+  jq -r '[.[] | select(.kind=="Secret") | .metadata.name] as $s | .[] | select(.kind | IN("Deployment", "StatefulSet"))
          | .spec.template.spec.volumes[]?.secret.secretName // empty | select(IN($s[]) | not)' \
     "$work/mine.json" >"$work/x"
   check "own overlay: the gateway mounts the replaced Secret" "$work/x"
@@ -233,7 +247,7 @@ fi
 # The gateway's HTTP port (probe target) and the workers' health port are what the processes use.
 J=$work/cpu.json
 if [ -s "$J" ]; then
-  jq -r '.[] | select(.kind=="Deployment") | .metadata.name as $d | .spec.template.spec.containers[]
+  jq -r '.[] | select(.kind | IN("Deployment", "StatefulSet")) | .metadata.name as $d | .spec.template.spec.containers[]
          | select(.image | startswith("tinyvlm:")) | "\($d)\t\((.command // []) + (.args // []) | @tsv)"' \
     "$J" | tr '\t' ' ' >"$work/cmds"
   ok "tinyvlm containers found" "$([ -s "$work/cmds" ] && echo 0 || echo 1)"
@@ -251,7 +265,7 @@ if [ -s "$J" ]; then
     # TINYVLM_X_Y -> --x-y: every variable the container gets (its env, and every key of the
     # ConfigMaps it reads) must be a flag of its command; TINYVLM_LOG is global (tinyvlm --help).
     vars=$(jq -r --arg d "$dep" '[.[] | select(.kind=="ConfigMap")] as $cms | .[]
-           | select(.kind=="Deployment" and .metadata.name == $d) | .spec.template.spec.containers[0]
+           | select((.kind | IN("Deployment", "StatefulSet")) and .metadata.name == $d) | .spec.template.spec.containers[0]
            | (.env[]?.name),
              (.envFrom[]?.configMapRef.name as $n | $cms[] | select(.metadata.name == $n) | .data | keys[])' \
            "$J" | grep '^TINYVLM_' | sort -u)
@@ -264,21 +278,53 @@ if [ -s "$J" ]; then
       "$([ -z "$bad" ] && echo 0 || echo 1)"
   done <"$work/cmds"
 
-  # Probe ports are the ports the processes serve: gateway --port, workers' TINYVLM_HEALTH_PORT.
-  gw_port=$(jq -r '.[] | select(.kind=="Deployment" and .metadata.name=="tinyvlm-gateway")
+  # Probe ports are the ports the processes serve: the gateway's --port.
+  gw_port=$(jq -r '.[] | select((.kind | IN("Deployment", "StatefulSet")) and .metadata.name=="tinyvlm-gateway")
             | .spec.template.spec.containers[0] | .args as $a
             | ([range(0; $a | length) | select($a[.] == "--port") | $a[. + 1]][0] // "8080")' "$J")
-  probe_port=$(jq -r '.[] | select(.kind=="Deployment" and .metadata.name=="tinyvlm-gateway")
+  probe_port=$(jq -r '.[] | select((.kind | IN("Deployment", "StatefulSet")) and .metadata.name=="tinyvlm-gateway")
             | .spec.template.spec.containers[0] | .readinessProbe.httpGet.port as $p
             | [.ports[] | select(.name == $p or .containerPort == $p) | .containerPort][0]' "$J")
   ok "gateway probes hit --port ($gw_port vs $probe_port)" "$([ "$gw_port" = "$probe_port" ] && echo 0 || echo 1)"
-  hp=$(jq -r '[.[] | select(.kind=="ConfigMap") | .data] | add | .TINYVLM_HEALTH_PORT // empty' "$J")
-  jq -r --arg hp "$hp" '.[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
-         | .metadata.name as $d | .spec.template.spec.containers[0] | .livenessProbe.httpGet.port as $p
-         | [.ports[] | select(.name == $p or .containerPort == $p) | .containerPort][0]
-         | select((. | tostring) != $hp) | "\($d): probes port \(.) but TINYVLM_HEALTH_PORT is \($hp)"' \
-    "$J" >"$work/x"
-  check "workers' probes hit TINYVLM_HEALTH_PORT" "$work/x"
+
+  # Workers reach EVERY gateway pod: TINYVLM_GATEWAY lists tcp://<sts>-<i>.<headless svc>:<msg
+  # port> for i < replicas, the headless Service selects the gateway pods and publishes them
+  # before they are ready; the gateway listens on that port.
+  want=$(jq -r '(.[] | select(.kind=="StatefulSet" and .metadata.name=="tinyvlm-gateway")) as $s
+         | ($s.spec.template.spec.containers[0].ports[] | select(.name=="msg") | .containerPort) as $mp
+         | [range(0; $s.spec.replicas) | "tcp://\($s.metadata.name)-\(.).\($s.spec.serviceName):\($mp)"] | join(",")' "$J")
+  got=$(jq -r '[.[] | select(.kind=="ConfigMap") | .data] | add | .TINYVLM_GATEWAY // empty' "$J")
+  ok "workers' TINYVLM_GATEWAY lists every gateway pod ($got)" "$([ -n "$want" ] && [ "$got" = "$want" ] && echo 0 || echo 1)"
+  jq -r '(.[] | select(.kind=="StatefulSet" and .metadata.name=="tinyvlm-gateway")) as $s
+         | (.[] | select(.kind=="Service" and .metadata.name == $s.spec.serviceName)) as $h
+         | if $h == null then "no headless Service \($s.spec.serviceName)"
+           elif $h.spec.clusterIP != "None" or $h.spec.publishNotReadyAddresses != true
+           then "Service \($h.metadata.name) must be headless and publish not-ready pods"
+           elif ($h.spec.selector | to_entries | all(.value == $s.spec.template.metadata.labels[.key])) | not
+           then "Service \($h.metadata.name) does not select the gateway pods" else empty end' "$J" >"$work/x"
+  check "headless Service gives every gateway pod a name" "$work/x"
+  listen=$(jq -r '.[] | select(.kind=="StatefulSet" and .metadata.name=="tinyvlm-gateway")
+           | .spec.template.spec.containers[0].args as $a
+           | [range(0; $a | length) | select($a[.] == "--listen") | $a[. + 1]][0] // ""' "$J")
+  ok "gateway --listen ($listen) is on the port workers use" \
+    "$(echo "$want" | grep -q ":${listen##*:}\(,\|$\)" && echo 0 || echo 1)"
+  # The worker probe asks the gateways' HTTP port, on a route the gateway serves.
+  jq -r --arg gp "$gw_port" '.[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
+         | .metadata.name as $d | .spec.template.spec.containers[0]
+         | [.livenessProbe, .readinessProbe, .startupProbe][] | .exec.command
+         | select(.[3] != $gp) | "\($d): probe asks port \(.[3]), the gateway serves \($gp)"' "$J" >"$work/x"
+  check "worker probes ask the gateway's HTTP port" "$work/x"
+  routes=$(sed -n '/gw_routes\[\] *=/,/};/p' "$src/gateway/gateway.c" | grep -o '"/[^"]*"' | tr -d '"')
+  probe_paths=$(grep -o 'http://[^"]*/[a-z]*' "$src/deploy/k8s/base/worker-probe.sh" | sed 's|.*/|/|' | sort -u)
+  bad=""
+  for p in $probe_paths; do echo "$routes" | grep -qx "$p" || bad="$bad $p"; done
+  ok "worker probe asks gateway routes (${probe_paths:-none}${bad:+; unknown:$bad})" \
+    "$([ -n "$routes" ] && [ -n "$probe_paths" ] && [ -z "$bad" ] && echo 0 || echo 1)"
+  jq -r '.[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
+         | .metadata.name as $d | .spec.template.spec.containers[0]
+         | select([.env[]? | select(.name=="TINYVLM_WORKER_ID" and .valueFrom.fieldRef.fieldPath=="metadata.name")] | length == 0)
+         | "\($d): TINYVLM_WORKER_ID is not the pod name"' "$J" >"$work/x"
+  check "workers register under their pod name (what the probe looks for)" "$work/x"
 fi
 
 echo "deploy k8s: $pass passed, $fail failed ($notes notes)"
