@@ -6,7 +6,7 @@ M=$src/tests/data/tinygptv/model
 work=$(mktemp -d)
 pids=()
 pass=0; fail=0
-trap '{ for p in "${pids[@]}"; do kill -9 "$p"; done; wait; } 2>/dev/null; rm -rf "$work"' EXIT
+trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; sleep 0.2; rm -rf "$work"' EXIT
 
 ok() { if eval "$2"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL $1"; fi; }
 finish() { echo "$1: $pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
@@ -31,7 +31,7 @@ start_redis() {
   rport=${1:-$(free_port)}
   redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
     >"$work/redis.$rport.log" 2>&1 &
-  rpid=$!; pids+=("$rpid")
+  rpid=$!; pids+=("$rpid"); disown "$rpid"
   for _ in $(seq 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.05; done
   echo "FAIL redis-server did not start"; cat "$work/redis.$rport.log"; exit 1
 }
@@ -50,7 +50,7 @@ start_gateway() {
       sleep 0.05
     done
     if kill -0 "$gpid" 2>/dev/null; then
-      pids+=("$gpid"); url=http://127.0.0.1:$hp; zurl=tcp://127.0.0.1:$zp; return 0
+      pids+=("$gpid"); disown "$gpid"; url=http://127.0.0.1:$hp; zurl=tcp://127.0.0.1:$zp; return 0
     fi
     wait "$gpid" 2>/dev/null
   done
@@ -62,7 +62,7 @@ start_worker() {
   local kind=$1 name=$2; shift 2
   "$bin" "$kind-worker" --model "$work/b" --gateway "$zurl" --worker-id "$name" --threads 1 \
     --heartbeat-ms 250 --gateway-timeout-ms 1500 "$@" >"$work/$name.log" 2>&1 &
-  wpid=$!; pids+=("$wpid")
+  wpid=$!; pids+=("$wpid"); disown "$wpid"
 }
 
 # wait_workers NV NL: until /readyz counts NV vision and NL LM workers (10 s).
