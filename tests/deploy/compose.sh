@@ -113,6 +113,9 @@ for w in vision-worker lm-worker vision-worker-gpu lm-worker-gpu; do
   stop=$(get "services.$w.stop_grace_period" "$work/g" | tr -dc '0-9')
   ok "$w: stop_grace_period ${stop}s > --grace-s $grace" \
     "$([ -n "$grace" ] && [ -n "$stop" ] && [ "$stop" -gt "$grace" ] && echo 0 || echo 1)"
+  hport=$(get "services.$w.environment.TINYVLM_HEALTH_PORT" "$work/g")
+  ok "$w: health check on its --health-port ($hport) /healthz" \
+    "$(get "services.$w.healthcheck.test[]" "$work/g" | grep -q "^http://127.0.0.1:${hport:-x}/healthz$" && echo 0 || echo 1)"
   gwurl=$(get "services.$w.environment.TINYVLM_GATEWAY" "$work/g")
   ok "$w: connects to the gateway service ($gwurl)" \
     "$(echo "$gwurl" | grep -q '^tcp://gateway:5555$' && grep -q '^services.gateway.environment.TINYVLM_LISTEN=tcp://0.0.0.0:5555$' "$work/g" && echo 0 || echo 1)"

@@ -2,9 +2,8 @@
 # deploy/k8s offline: `kubectl kustomize` renders the cpu and gpu overlays (and the queue-depth
 # autoscaler variant, and a user overlay that replaces the API keys); every manifest parses
 # (kubectl turns it into JSON without a cluster); and the properties that matter hold:
-# probes hit /healthz or /readyz on a declared port that the process really listens on (workers:
-# a mounted script asking the gateways' /metrics, a route the gateway serves), workers list
-# every gateway pod, every
+# probes hit /healthz or /readyz on a declared port that the process really listens on (the
+# gateway's --port, the workers' --health-port), workers list every gateway pod, every
 # container has CPU and memory requests, HPAs and PDBs and Services point at existing
 # Deployments, references to ConfigMaps and Secrets resolve, worker pods get more time to stop
 # than the workers' --grace-s, the gpu overlay asks for nvidia.com/gpu, and the tinyvlm
@@ -308,23 +307,21 @@ if [ -s "$J" ]; then
            | [range(0; $a | length) | select($a[.] == "--listen") | $a[. + 1]][0] // ""' "$J")
   ok "gateway --listen ($listen) is on the port workers use" \
     "$(echo "$want" | grep -q ":${listen##*:}\(,\|$\)" && echo 0 || echo 1)"
-  # The worker probe asks the gateways' HTTP port, on a route the gateway serves.
-  jq -r --arg gp "$gw_port" '.[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
-         | .metadata.name as $d | .spec.template.spec.containers[0]
-         | [.livenessProbe, .readinessProbe, .startupProbe][] | .exec.command
-         | select(.[3] != $gp) | "\($d): probe asks port \(.[3]), the gateway serves \($gp)"' "$J" >"$work/x"
-  check "worker probes ask the gateway's HTTP port" "$work/x"
-  routes=$(sed -n '/gw_routes\[\] *=/,/};/p' "$src/gateway/gateway.c" | grep -o '"/[^"]*"' | tr -d '"')
-  probe_paths=$(grep -o 'http://[^"]*/[a-z]*' "$src/deploy/k8s/base/worker-probe.sh" | sed 's|.*/|/|' | sort -u)
-  bad=""
-  for p in $probe_paths; do echo "$routes" | grep -qx "$p" || bad="$bad $p"; done
-  ok "worker probe asks gateway routes (${probe_paths:-none}${bad:+; unknown:$bad})" \
-    "$([ -n "$routes" ] && [ -n "$probe_paths" ] && [ -z "$bad" ] && echo 0 || echo 1)"
+  # Workers' probes hit the port their --health-port (TINYVLM_HEALTH_PORT) serves.
+  hp=$(jq -r '[.[] | select(.kind=="ConfigMap") | .data] | add | .TINYVLM_HEALTH_PORT // empty' "$J")
+  jq -r --arg hp "$hp" '.[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
+         | .metadata.name as $d | .spec.template.spec.containers[0] as $c
+         | [$c.livenessProbe, $c.readinessProbe, $c.startupProbe][] | select(. != null)
+         | (.httpGet.port // "none") as $p
+         | ([$c.ports[]? | select(.name == $p or .containerPort == $p) | .containerPort][0] // "none")
+         | select((. | tostring) != $hp) | "\($d): probes port \(.) but TINYVLM_HEALTH_PORT is \($hp)"' \
+    "$J" >"$work/x"
+  check "workers' probes hit TINYVLM_HEALTH_PORT ($hp)" "$work/x"
   jq -r '.[] | select(.kind=="Deployment" and (.metadata.name | test("worker")))
          | .metadata.name as $d | .spec.template.spec.containers[0]
          | select([.env[]? | select(.name=="TINYVLM_WORKER_ID" and .valueFrom.fieldRef.fieldPath=="metadata.name")] | length == 0)
          | "\($d): TINYVLM_WORKER_ID is not the pod name"' "$J" >"$work/x"
-  check "workers register under their pod name (what the probe looks for)" "$work/x"
+  check "workers register under their pod name (per-worker series in /metrics)" "$work/x"
 fi
 
 echo "deploy k8s: $pass passed, $fail failed ($notes notes)"
