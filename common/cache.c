@@ -340,23 +340,6 @@ static int parse_url(const char *url, redis_backend *r) {
     return TV_OK;
 }
 
-int cache_redis_new(const char *url, int ttl_s, int timeout_ms, cache **out) {
-    *out = NULL;
-    redis_backend r;
-    memset(&r, 0, sizeof r);
-    int rc = parse_url(url, &r);
-    if (rc) return rc;
-    if (ttl_s < 0 || timeout_ms <= 0)
-        return err_set(TV_EINVAL, "Redis cache: ttl %d s, timeout %d ms", ttl_s, timeout_ms);
-    r.ttl_s = ttl_s;
-    r.timeout_ms = timeout_ms;
-    r.last_attempt = -1e9;
-    cache *c = cache_alloc(1);
-    c->redis = r;
-    *out = c;
-    return TV_OK;
-}
-
 /* hiredis writes with write(2): writing to a Redis that went away raises SIGPIPE, which would
  * kill the process. Block it on this thread around each Redis call and swallow one we caused
  * (a write-raised SIGPIPE is directed at the writing thread), then restore the mask. */
@@ -494,6 +477,29 @@ static int redis_exists(cache *c, const char *key) {
     int n = rep->integer > 0;
     freeReplyObject(rep);
     return n;
+}
+
+int cache_redis_new(const char *url, int ttl_s, int timeout_ms, cache **out) {
+    *out = NULL;
+    redis_backend r;
+    memset(&r, 0, sizeof r);
+    int rc = parse_url(url, &r);
+    if (rc) return rc;
+    if (ttl_s < 0 || timeout_ms <= 0)
+        return err_set(TV_EINVAL, "Redis cache: ttl %d s, timeout %d ms", ttl_s, timeout_ms);
+    r.ttl_s = ttl_s;
+    r.timeout_ms = timeout_ms;
+    r.last_attempt = -1e9;
+    cache *c = cache_alloc(1);
+    c->redis = r;
+    /* Try once now, so a Redis that is not there is reported at start-up (not an error: the
+     * cache connects later by itself). */
+    pipe_guard g;
+    pipe_block(&g);
+    if (redis_ensure(c) != TV_OK) err_clear();
+    pipe_unblock(&g);
+    *out = c;
+    return TV_OK;
 }
 
 /* ---- the interface --------------------------------------------------------------------------- */

@@ -44,8 +44,9 @@ typedef struct {
 int cache_mem_new(size_t budget_bytes, cache **out);
 
 /* Redis at url ("redis://host:port[/db]" or "host:port"), values expiring after ttl_s seconds
- * (0 = never), each operation given at most timeout_ms. Succeeds even when Redis is not up yet
- * (it will connect later); fails only for a malformed url (TV_EINVAL). */
+ * (0 = never), each operation given at most timeout_ms. Tries to connect once at once (logging a
+ * warning if Redis is not there) but succeeds even when Redis is not up yet (it will connect
+ * later); fails only for a malformed url or a bad ttl/timeout (TV_EINVAL). */
 int cache_redis_new(const char *url, int ttl_s, int timeout_ms, cache **out);
 
 void cache_free(cache *c);

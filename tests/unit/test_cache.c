@@ -411,6 +411,9 @@ static void test_redis(void) {
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
     cache *c;
     CHECK_OK(cache_redis_new(url, 0, timeout_ms, &c));
+    cache_stats st;
+    cache_get_stats(c, &st);
+    CHECK_EQ_INT(st.up, 1); /* connected at creation */
     char key[160];
     key_for(key, "redis-a");
     cache_emb e = make_emb(FP, 32, 16, 1.5f), got;
@@ -421,7 +424,6 @@ static void test_redis(void) {
     CHECK_OK(cache_get(c, key, FP, &got));
     CHECK(emb_same(&got, &e));
     cache_emb_clear(&got);
-    cache_stats st;
     cache_get_stats(c, &st);
     CHECK(st.hits == 1 && st.misses == 1 && st.puts == 1 && st.errors == 0 && st.up == 1);
     CHECK_EQ_STR(st.kind, "redis");
@@ -505,6 +507,9 @@ static void test_redis_urls(void) {
     char url[64];
     snprintf(url, sizeof url, "127.0.0.1:%d", port);
     CHECK_OK(cache_redis_new(url, 0, 200, &c));
+    cache_stats st;
+    cache_get_stats(c, &st);
+    CHECK_EQ_INT(st.up, 0);
     double t0 = now_ms();
     CHECK_EQ_INT(cache_exists(c, "emb:x"), TV_EIO);
     CHECK(now_ms() - t0 < 400);
