@@ -90,4 +90,11 @@ ok "redis holds 3 embeddings (2 shared + 1 salted)" "[ \$(redis-cli -p $rport db
 ok "/v1/models lists the model" "curl -s '${A[@]:1}' -H 'Authorization: Bearer key-a' '$url/v1/models' | jq -e '.data | length == 1' >/dev/null"
 ok "gateway log warns about nothing open" "! grep -q 'OPEN' '$work/gateway.log'"
 
+# clean stop: SIGTERM -> the gateway exits 0 within a few seconds, with no sanitizer report
+kill -TERM "$gpid"
+for _ in $(seq 100); do kill -0 "$gpid" 2>/dev/null || break; sleep 0.1; done
+ok "SIGTERM stops the gateway" "! kill -0 $gpid 2>/dev/null"
+ok "no sanitizer report in the gateway log" "! grep -qE 'Sanitizer|runtime error' '$work/gateway.log'"
+ok "the stop is logged" "grep -q 'stopping' '$work/gateway.log'"
+
 finish "service gateway_cache"
