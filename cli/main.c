@@ -1,4 +1,5 @@
 /* tinyvlm — one executable; the first argument picks the role or tool. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -50,6 +51,9 @@ static void cli_version(void) {
 }
 
 int main(int argc, char **argv) {
+    /* A peer that goes away (HTTP client, Redis, a curl upload) must give EPIPE on that one
+     * socket, not kill a process that serves everyone else. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
         cli_usage(stderr);
         return 2;
