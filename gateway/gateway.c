@@ -462,7 +462,6 @@ int gateway_run(const gateway_opts *o, volatile sig_atomic_t *stop) {
         atomic_store(&g->stopping, 1);
         MHD_stop_daemon(d);
     }
-    if (rc) err_wrap(rc, "gateway");
     char keep[1024];
     snprintf(keep, sizeof keep, "%s", err_msg());
     gw_teardown(g);
