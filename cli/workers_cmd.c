@@ -177,10 +177,14 @@ volatile sig_atomic_t *wopt_stop_flag(void) {
 /* ---- the two commands -------------------------------------------------------------------------- */
 
 /* The options both workers take, pointing into the given fields. */
-#define WORKER_COMMON_OPTS(o, gws)                                             \
+#define WORKER_COMMON_OPTS(o, gws, dns)                                           \
     {"--model", WOPT_STR, &(o).model, 0, 0, "DIR", "model bundle folder (required)"},               \
     {"--gateway", WOPT_LIST, &(gws), 0, 0, "URL",                                                  \
      "gateway endpoint, repeatable (default tcp://127.0.0.1:5555)"},                               \
+    {"--gateway-dns", WOPT_LIST, &(dns), 0, 0, "URL",                                              \
+     "tcp://NAME:PORT: connect to every address NAME resolves to, re-resolved (repeatable)"},      \
+    {"--dns-interval-s", WOPT_INT, &(o).dns_interval_s, 1, 3600, "S",                             \
+     "how often --gateway-dns names are resolved again (5)"},                                      \
     {"--worker-id", WOPT_STR, &(o).worker_id, 0, 0, "ID", "worker id (default kind:host:pid:random)"}, \
     {"--device", WOPT_STR, &(o).device, 0, 0, "D", "cpu, cuda or auto (default auto)"},            \
     {"--threads", WOPT_INT, &(o).threads, 0, 1024, "N", "compute threads (default: all cores)"},   \
@@ -197,11 +201,15 @@ volatile sig_atomic_t *wopt_stop_flag(void) {
     {"--health-port", WOPT_INT, &(o).health_port, 0, 65535, "N",                                   \
      "serve GET /healthz and /readyz on this port (0 = off)"}
 
-static void gateways_or_default(wopt_list *gws, const char *const **out, int *n) {
-    if (gws->n) {
+/* --gateway values, else none when --gateway-dns names the gateways, else the default. */
+static void gateways_or_default(wopt_list *gws, const wopt_list *dns, const char *const **out,
+                                int *n, const char *const **dns_out, int *n_dns) {
+    if (gws->n || dns->n) {
         *out = gws->items;
         *n = gws->n;
     }
+    *dns_out = dns->items;
+    *n_dns = dns->n;
 }
 
 static int run_result(const char *cmd, int rc) {
@@ -215,10 +223,10 @@ static int run_result(const char *cmd, int rc) {
 int cli_vision_worker(int argc, char **argv) {
     vworker_opts o;
     vworker_opts_default(&o);
-    wopt_list gws = {0};
+    wopt_list gws = {0}, dns = {0};
     const char *dtype = "f16";
     const wopt opts[] = {
-        WORKER_COMMON_OPTS(o, gws),
+        WORKER_COMMON_OPTS(o, gws, dns),
         {"--max-batch", WOPT_INT, &o.max_batch, 1, 256, "N", "images encoded together (8)"},
         {"--batch-wait-ms", WOPT_INT, &o.batch_wait_ms, 0, 10000, "MS",
          "wait this long for a batch to fill (5)"},
@@ -236,20 +244,23 @@ int cli_vision_worker(int argc, char **argv) {
     }
     if (code >= 0) {
         wopt_list_free(&gws);
+        wopt_list_free(&dns);
         return code;
     }
-    gateways_or_default(&gws, &o.gateways, &o.n_gateways);
+    gateways_or_default(&gws, &dns, &o.gateways, &o.n_gateways, &o.gateway_dns,
+                        &o.n_gateway_dns);
     code = run_result("vision-worker", vworker_run(&o, wopt_stop_flag()));
     wopt_list_free(&gws);
+    wopt_list_free(&dns);
     return code;
 }
 
 int cli_lm_worker(int argc, char **argv) {
     lmworker_opts o;
     lmworker_opts_default(&o);
-    wopt_list gws = {0};
+    wopt_list gws = {0}, dns = {0};
     const wopt opts[] = {
-        WORKER_COMMON_OPTS(o, gws),
+        WORKER_COMMON_OPTS(o, gws, dns),
         {"--max-seqs", WOPT_INT, &o.max_seqs, 1, 256, "N", "sequences decoded together (4)"},
         {"--max-context", WOPT_INT, &o.max_context, 0, 1 << 20, "N",
          "positions per sequence (default: the bundle's)"},
@@ -263,10 +274,13 @@ int cli_lm_worker(int argc, char **argv) {
     }
     if (code >= 0) {
         wopt_list_free(&gws);
+        wopt_list_free(&dns);
         return code;
     }
-    gateways_or_default(&gws, &o.gateways, &o.n_gateways);
+    gateways_or_default(&gws, &dns, &o.gateways, &o.n_gateways, &o.gateway_dns,
+                        &o.n_gateway_dns);
     code = run_result("lm-worker", lmworker_run(&o, wopt_stop_flag()));
     wopt_list_free(&gws);
+    wopt_list_free(&dns);
     return code;
 }

@@ -2,6 +2,7 @@
 #include "wlink.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -17,15 +18,35 @@
 #include "err.h"
 #include "log.h"
 
+#define WLINK_MAX 64            /* gateway connections at once */
+#define WLINK_REUSE_MS 10000    /* a closed slot is reused only after this long */
+
+typedef struct {
+    msg_sock *sock;             /* NULL: a closed slot */
+    char *endpoint;
+    int dns;                    /* the DNS entry it came from; -1 for a fixed endpoint */
+    int in_dns;                 /* in that entry's latest answer */
+    uint64_t heard_ms;          /* last message from it (monotonic), 0 = never */
+    uint64_t closed_ms;
+    int was_registered;         /* for one log line per change */
+} wlink_gw;
+
+typedef struct {
+    char *name, *port;          /* from "tcp://NAME:PORT" */
+    int failing;                /* last resolution failed (logged once) */
+} wlink_dns;
+
 struct wlink {
-    int n;
-    msg_sock **socks;     /* [n] */
-    char **endpoints;     /* [n] copies, for logs */
-    uint64_t *heard_ms;   /* [n] last message from gateway i (monotonic), 0 = never */
-    int *was_registered;  /* [n] for one log line per change */
-    int *ready;           /* [n] msg_poll scratch */
-    int next;             /* round-robin start of the next receive */
-    msg_hello hello;      /* owned copies of the strings */
+    msg_ctx *ctx;
+    wlink_gw gw[WLINK_MAX];
+    int n;                      /* slots in use, open or closed */
+    msg_sock *poll_socks[WLINK_MAX];
+    int poll_slot[WLINK_MAX], ready[WLINK_MAX], n_poll;
+    int next;                   /* round-robin start of the next receive */
+    wlink_dns *dns;
+    int n_dns, dns_interval_ms;
+    uint64_t next_dns_ms;
+    msg_hello hello;            /* owned copies of the strings */
     msg_heartbeat hb;
     int heartbeat_ms, timeout_ms, bye;
     uint64_t next_tick_ms;
@@ -63,34 +84,133 @@ void wlink_default_id(const char *kind, char *buf, size_t cap) {
 
 static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
 
-int wlink_new(msg_ctx *ctx, const char *const *endpoints, int n, const msg_hello *hello,
-              int heartbeat_ms, int timeout_ms, wlink **out) {
+/* The sockets msg_poll watches: the open slots. */
+static void poll_rebuild(wlink *l) {
+    l->n_poll = 0;
+    for (int i = 0; i < l->n; i++)
+        if (l->gw[i].sock) {
+            l->poll_socks[l->n_poll] = l->gw[i].sock;
+            l->poll_slot[l->n_poll++] = i;
+        }
+}
+
+/* Connects endpoint into a free slot. Returns the slot, or a negative code. */
+static int slot_open(wlink *l, const char *endpoint, int dns) {
+    uint64_t now = wlink_now_ms();
+    int i = 0;
+    while (i < l->n && (l->gw[i].sock || now - l->gw[i].closed_ms < WLINK_REUSE_MS))
+        i++;
+    if (i == WLINK_MAX)
+        return err_set(TV_ELIMIT, "more than %d gateway connections", WLINK_MAX);
+    msg_sock *sock = NULL;
+    int rc = msg_connect(l->ctx, endpoint, l->hello.worker_id, &sock);
+    if (rc)
+        return rc;
+    wlink_gw *g = &l->gw[i];
+    free(g->endpoint);
+    *g = (wlink_gw){.sock = sock, .endpoint = strdup(endpoint), .dns = dns, .in_dns = 1};
+    if (i == l->n)
+        l->n++;
+    poll_rebuild(l);
+    return i;
+}
+
+static void slot_close(wlink *l, int i) {
+    msg_close(l->gw[i].sock);
+    l->gw[i].sock = NULL;
+    l->gw[i].closed_ms = wlink_now_ms();
+    l->gw[i].heard_ms = 0;
+    l->gw[i].was_registered = 0;
+    poll_rebuild(l);
+}
+
+/* "tcp://NAME:PORT" -> d. */
+static int dns_parse(const char *spec, wlink_dns *d) {
+    const char *h = spec && !strncmp(spec, "tcp://", 6) ? spec + 6 : NULL;
+    const char *colon = h ? strrchr(h, ':') : NULL;
+    if (!colon || colon == h || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1))
+        return err_set(TV_EINVAL, "gateway DNS entry \"%s\": expected tcp://NAME:PORT",
+                       spec ? spec : "");
+    d->name = strndup(h, (size_t)(colon - h));
+    d->port = strdup(colon + 1);
+    return TV_OK;
+}
+
+/* Resolves DNS entry k and connects to its new addresses. */
+static void dns_refresh(wlink *l, int k) {
+    wlink_dns *d = &l->dns[k];
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int e = getaddrinfo(d->name, d->port, &hints, &res);
+    if (e) {
+        if (!d->failing)
+            log_warn("wlink", "gateway name %s does not resolve (%s); trying again", d->name,
+                     gai_strerror(e));
+        d->failing = 1;
+        return;
+    }
+    d->failing = 0;
+    for (int i = 0; i < l->n; i++)
+        if (l->gw[i].sock && l->gw[i].dns == k)
+            l->gw[i].in_dns = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        char ip[INET6_ADDRSTRLEN], ep[INET6_ADDRSTRLEN + 32];
+        const void *src = a->ai_family == AF_INET6
+                              ? (const void *)&((struct sockaddr_in6 *)a->ai_addr)->sin6_addr
+                              : (const void *)&((struct sockaddr_in *)a->ai_addr)->sin_addr;
+        if (!inet_ntop(a->ai_family, src, ip, sizeof ip))
+            continue;
+        snprintf(ep, sizeof ep, a->ai_family == AF_INET6 ? "tcp://[%s]:%s" : "tcp://%s:%s", ip,
+                 d->port);
+        int i = 0;
+        while (i < l->n && !(l->gw[i].sock && !strcmp(l->gw[i].endpoint, ep)))
+            i++;
+        if (i < l->n) {
+            l->gw[i].in_dns = 1;
+        } else if (slot_open(l, ep, k) >= 0) {
+            log_info("wlink", "gateway %s:%s -> %s added", d->name, d->port, ep);
+        } else {
+            log_warn("wlink", "gateway %s: %s", ep, err_msg());
+        }
+    }
+    freeaddrinfo(res);
+}
+
+static void dns_all(wlink *l, uint64_t now) {
+    for (int k = 0; k < l->n_dns; k++)
+        dns_refresh(l, k);
+    l->next_dns_ms = now + (uint64_t)l->dns_interval_ms;
+}
+
+int wlink_new(msg_ctx *ctx, const wlink_opts *o, const msg_hello *hello, wlink **out) {
     *out = NULL;
-    if (!ctx || !endpoints || n < 1 || !hello || !hello->worker_id || !hello->worker_id[0])
-        return err_set(TV_EINVAL, "wlink_new: needs a context, >= 1 gateway and a worker id");
+    if (!ctx || !o || o->n_endpoints + o->n_dns < 1 || o->n_endpoints + o->n_dns > WLINK_MAX ||
+        !hello || !hello->worker_id || !hello->worker_id[0])
+        return err_set(TV_EINVAL, "wlink_new: needs a context, 1 to %d gateways and a worker id",
+                       WLINK_MAX);
     wlink *l = tv_xcalloc(1, sizeof *l);
-    l->n = n;
-    l->socks = tv_xcalloc((size_t)n, sizeof *l->socks);
-    l->endpoints = tv_xcalloc((size_t)n, sizeof *l->endpoints);
-    l->heard_ms = tv_xcalloc((size_t)n, sizeof *l->heard_ms);
-    l->was_registered = tv_xcalloc((size_t)n, sizeof *l->was_registered);
-    l->ready = tv_xcalloc((size_t)n, sizeof *l->ready);
+    l->ctx = ctx;
     l->hello = *hello;
     l->hello.worker_id = dup_or_empty(hello->worker_id);
     l->hello.model = dup_or_empty(hello->model);
     l->hello.fingerprint = dup_or_empty(hello->fingerprint);
     l->hello.device = dup_or_empty(hello->device);
-    l->heartbeat_ms = heartbeat_ms > 0 ? heartbeat_ms : 1000;
-    l->timeout_ms = timeout_ms > 0 ? timeout_ms : 3000;
+    l->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000;
+    l->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 3000;
+    l->dns_interval_ms = o->dns_interval_ms > 0 ? o->dns_interval_ms : 5000;
     l->hb.capacity = hello->capacity;
-    for (int i = 0; i < n; i++) {
-        l->endpoints[i] = dup_or_empty(endpoints[i]);
-        int rc = msg_connect(ctx, endpoints[i], hello->worker_id, &l->socks[i]);
-        if (rc) {
-            wlink_free(l);
-            return rc;
-        }
+    int rc = TV_OK;
+    for (int i = 0; !rc && i < o->n_endpoints; i++)
+        rc = slot_open(l, o->endpoints[i], -1) < 0 ? err_wrap(TV_EIO, "gateway %s", o->endpoints[i])
+                                                    : TV_OK;
+    l->dns = tv_xcalloc((size_t)(o->n_dns > 0 ? o->n_dns : 1), sizeof *l->dns);
+    for (int k = 0; !rc && k < o->n_dns; k++)
+        if ((rc = dns_parse(o->dns[k], &l->dns[k])) == TV_OK)
+            l->n_dns++;
+    if (rc) {
+        wlink_free(l);
+        return rc;
     }
+    dns_all(l, wlink_now_ms());
     *out = l; /* the first tick (in wlink_recv) sends the Hellos */
     return TV_OK;
 }
@@ -104,14 +224,14 @@ void wlink_free(wlink *l) {
         close(l->health_fd);
     }
     for (int i = 0; i < l->n; i++) {
-        msg_close(l->socks[i]);
-        free(l->endpoints[i]);
+        msg_close(l->gw[i].sock);
+        free(l->gw[i].endpoint);
     }
-    free(l->socks);
-    free(l->endpoints);
-    free(l->heard_ms);
-    free(l->was_registered);
-    free(l->ready);
+    for (int k = 0; k < l->n_dns; k++) {
+        free(l->dns[k].name);
+        free(l->dns[k].port);
+    }
+    free(l->dns);
     free(l->hello.worker_id);
     free(l->hello.model);
     free(l->hello.fingerprint);
@@ -124,10 +244,13 @@ void wlink_set_load(wlink *l, const msg_heartbeat *hb) {
     l->hb.draining = l->hb.draining || l->bye;
 }
 
-int wlink_count(const wlink *l) { return l->n; }
+int wlink_count(const wlink *l) {
+    return l->n_poll;
+}
 
 static int is_registered(const wlink *l, int i, uint64_t now) {
-    return l->heard_ms[i] && now - l->heard_ms[i] <= (uint64_t)l->timeout_ms;
+    const wlink_gw *g = &l->gw[i];
+    return g->sock && g->heard_ms && now - g->heard_ms <= (uint64_t)l->timeout_ms;
 }
 
 int wlink_registered(const wlink *l) {
@@ -141,27 +264,36 @@ int wlink_registered(const wlink *l) {
 static void send_hello(wlink *l, int i) {
     msg m = {.type = MSG_HELLO};
     m.u.hello = l->hello;
-    if (msg_send(l->socks[i], NULL, &m) != TV_OK)
-        log_debug("wlink", "hello to %s not sent (%s); will retry", l->endpoints[i], err_msg());
+    if (msg_send(l->gw[i].sock, NULL, &m) != TV_OK)
+        log_debug("wlink", "hello to %s not sent (%s); will retry", l->gw[i].endpoint, err_msg());
 }
 
-/* Heartbeats to every gateway, Hello to those not registered; one log line per change. */
+/* Heartbeats to every gateway, Hello to those not registered; one log line per change; DNS
+ * addresses that left the answer are closed once silent. */
 static void tick(wlink *l, uint64_t now) {
     for (int i = 0; i < l->n; i++) {
+        wlink_gw *g = &l->gw[i];
+        if (!g->sock)
+            continue;
         int reg = is_registered(l, i, now);
-        if (reg != l->was_registered[i]) {
+        if (!reg && g->dns >= 0 && !g->in_dns) {
+            log_info("wlink", "gateway %s left the DNS answer and is silent: closed", g->endpoint);
+            slot_close(l, i);
+            continue;
+        }
+        if (reg != g->was_registered) {
             if (reg)
-                log_info("wlink", "registered with the gateway at %s", l->endpoints[i]);
+                log_info("wlink", "registered with the gateway at %s", g->endpoint);
             else if (!l->bye)
                 log_warn("wlink", "gateway at %s silent for %d ms; registering again",
-                         l->endpoints[i], l->timeout_ms);
-            l->was_registered[i] = reg;
+                         g->endpoint, l->timeout_ms);
+            g->was_registered = reg;
         }
         if (!reg && !l->bye)
             send_hello(l, i);
         msg m = {.type = MSG_HEARTBEAT};
         m.u.heartbeat = l->hb;
-        msg_send(l->socks[i], NULL, &m); /* a lost heartbeat is not an error */
+        msg_send(g->sock, NULL, &m); /* a lost heartbeat is not an error */
     }
     l->next_tick_ms = now + (uint64_t)l->heartbeat_ms;
 }
@@ -177,7 +309,7 @@ static int link_message(wlink *l, int i, msg *m) {
             if (!l->bye)
                 send_hello(l, i);
         } else {
-            log_warn("wlink", "gateway at %s refused a message: %s: %s", l->endpoints[i],
+            log_warn("wlink", "gateway at %s refused a message: %s: %s", l->gw[i].endpoint,
                      m->u.error.code, m->u.error.message);
         }
         msg_clear(m);
@@ -186,29 +318,29 @@ static int link_message(wlink *l, int i, msg *m) {
     return 0;
 }
 
-/* One message from any ready socket (round robin). TV_ETIMEOUT if none is ready. */
+/* One message from any ready socket (round robin over the poll list). TV_ETIMEOUT if none. */
 static int take_one(wlink *l, msg *m, int *gw) {
-    for (int k = 0; k < l->n; k++) {
-        int i = (l->next + k) % l->n;
-        if (!l->ready[i])
+    for (int k = 0; k < l->n_poll; k++) {
+        int p = (l->next + k) % l->n_poll, i = l->poll_slot[p];
+        if (!l->ready[p])
             continue;
-        int rc = msg_recv(l->socks[i], 0, m, NULL, 0);
+        int rc = msg_recv(l->gw[i].sock, 0, m, NULL, 0);
         if (rc == TV_ETIMEOUT) {
-            l->ready[i] = 0;
+            l->ready[p] = 0;
             continue;
         }
         if (rc == TV_EFORMAT) {
-            log_warn("wlink", "dropped a message from %s: %s", l->endpoints[i], err_msg());
+            log_warn("wlink", "dropped a message from %s: %s", l->gw[i].endpoint, err_msg());
             continue;
         }
         if (rc)
             return rc;
-        l->heard_ms[i] = wlink_now_ms();
-        atomic_store(&l->heard_any, l->heard_ms[i]);
+        l->gw[i].heard_ms = wlink_now_ms();
+        atomic_store(&l->heard_any, l->gw[i].heard_ms);
         if (link_message(l, i, m))
             continue;
         *gw = i;
-        l->next = (i + 1) % l->n;
+        l->next = (p + 1) % l->n_poll;
         return TV_OK;
     }
     return TV_ETIMEOUT;
@@ -220,10 +352,18 @@ int wlink_recv(wlink *l, int timeout_ms, msg *m, int *gw) {
     uint64_t end = wlink_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
     for (;;) {
         uint64_t now = wlink_now_ms();
+        if (l->n_dns && now >= l->next_dns_ms && !l->bye)
+            dns_all(l, now);
         if (now >= l->next_tick_ms)
             tick(l, now);
         int64_t wait = (int64_t)(end < l->next_tick_ms ? end : l->next_tick_ms) - (int64_t)now;
-        int n = msg_poll(l->socks, l->n, l->ready, NULL, 0, NULL, wait > 0 ? (int)wait : 0);
+        int n = 0;
+        if (l->n_poll) {
+            n = msg_poll(l->poll_socks, l->n_poll, l->ready, NULL, 0, NULL, wait > 0 ? (int)wait : 0);
+        } else if (wait > 0) { /* no gateway address yet (DNS): just wait */
+            struct timespec ts = {wait / 1000, (long)(wait % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
         if (n < 0)
             return n;
         if (n > 0) {
@@ -239,7 +379,9 @@ int wlink_recv(wlink *l, int timeout_ms, msg *m, int *gw) {
 int wlink_send(wlink *l, int gw, const msg *m) {
     if (gw < 0 || gw >= l->n)
         return err_set(TV_EINVAL, "wlink_send: no gateway %d", gw);
-    return msg_send(l->socks[gw], NULL, m);
+    if (!l->gw[gw].sock)
+        return err_set(TV_EAGAIN, "gateway %s was dropped", l->gw[gw].endpoint);
+    return msg_send(l->gw[gw].sock, NULL, m);
 }
 
 int wlink_send_error(wlink *l, int gw, uint64_t id, uint32_t status, const char *code,
@@ -255,9 +397,11 @@ void wlink_bye(wlink *l, const char *reason) {
     atomic_store(&l->said_bye, 1);
     l->hb.draining = 1;
     for (int i = 0; i < l->n; i++) {
+        if (!l->gw[i].sock)
+            continue;
         msg m = {.type = MSG_BYE};
         m.u.bye_reason = (char *)(reason ? reason : "shutdown");
-        msg_send(l->socks[i], NULL, &m);
+        msg_send(l->gw[i].sock, NULL, &m);
     }
 }
 

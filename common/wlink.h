@@ -18,12 +18,25 @@
 
 typedef struct wlink wlink;
 
-/* Connects to n gateway endpoints (n >= 1) on ctx (borrowed; must outlive the link) as the worker
- * described by hello (copied; hello->worker_id is the socket identity). heartbeat_ms: interval;
- * timeout_ms: a gateway silent this long is no longer counted as registered. Returns 0 and *out
- * (free with wlink_free), or TV_EINVAL / the msg layer's error naming the endpoint. */
-int wlink_new(msg_ctx *ctx, const char *const *endpoints, int n, const msg_hello *hello,
-              int heartbeat_ms, int timeout_ms, wlink **out);
+/* Where the gateways are. A fixed endpoint is connected once (ZeroMQ reconnects by itself); a
+ * DNS entry "tcp://NAME:PORT" is resolved every dns_interval_ms and the worker connects to EVERY
+ * address NAME has (e.g. a Kubernetes headless Service: one per gateway pod), adding new ones and
+ * closing those that left the DNS answer once they have also gone silent. */
+typedef struct {
+    const char *const *endpoints;   /* e.g. "tcp://gw:5555", "inproc://tinyvlm" */
+    int n_endpoints;
+    const char *const *dns;         /* "tcp://NAME:PORT" */
+    int n_dns;
+    int dns_interval_ms;            /* default 5000 */
+    int heartbeat_ms;               /* default 1000 */
+    int timeout_ms;                 /* a gateway silent this long is not registered; 3000 */
+} wlink_opts;
+
+/* Connects as the worker described by hello (copied; hello->worker_id is the socket identity) on
+ * ctx (borrowed; must outlive the link). At least one endpoint or DNS entry. Returns 0 and *out
+ * (free with wlink_free), or TV_EINVAL (no gateway, a DNS entry not "tcp://NAME:PORT") / the msg
+ * layer's error naming the endpoint. A DNS name that does not resolve yet is not an error. */
+int wlink_new(msg_ctx *ctx, const wlink_opts *o, const msg_hello *hello, wlink **out);
 
 /* Closes the sockets. NULL is a no-op. */
 void wlink_free(wlink *l);
@@ -37,7 +50,8 @@ void wlink_set_load(wlink *l, const msg_heartbeat *hb);
  * it came from (answer there with wlink_send), TV_ETIMEOUT when nothing came, or TV_EIO. */
 int wlink_recv(wlink *l, int timeout_ms, msg *m, int *gw);
 
-/* Sends m to gateway gw. Returns as msg_send (TV_EAGAIN: that gateway is unreachable now). */
+/* Sends m to gateway gw (as wlink_recv named it). Returns as msg_send (TV_EAGAIN: that gateway
+ * is unreachable now, or its address was dropped). */
 int wlink_send(wlink *l, int gw, const msg *m);
 
 /* Sends an Error about request id to gateway gw (status/code/message as in the proto). */
@@ -48,7 +62,8 @@ int wlink_send_error(wlink *l, int gw, uint64_t id, uint32_t status, const char 
  * draining = 1). */
 void wlink_bye(wlink *l, const char *reason);
 
-/* Number of gateways, and how many have been heard from within the timeout (registered). */
+/* Number of gateway connections open, and how many have been heard from within the timeout
+ * (registered). */
 int wlink_count(const wlink *l);
 int wlink_registered(const wlink *l);
 

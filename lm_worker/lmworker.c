@@ -32,6 +32,7 @@ void lmworker_opts_default(lmworker_opts *o) {
     o->heartbeat_ms = 1000;
     o->gateway_timeout_ms = 3000;
     o->grace_s = 20;
+    o->dns_interval_s = 5;
 }
 
 typedef struct {
@@ -95,7 +96,8 @@ static int lw_open(lw_state *w) {
     const lmworker_opts *o = w->o;
     if (!o->model || !*o->model)
         return err_set(TV_EINVAL, "LM worker: no model bundle given (--model)");
-    if (o->max_seqs < 1 || o->max_seqs > 256 || o->max_context < 0 || o->n_gateways < 1)
+    if (o->max_seqs < 1 || o->max_seqs > 256 || o->max_context < 0 ||
+        o->n_gateways + o->n_gateway_dns < 1)
         return err_set(TV_EINVAL, "LM worker: bad options (max_seqs 1..256, max_context >= 0, "
                                   ">= 1 gateway)");
     int rc = manifest_load(o->model, &w->mf);
@@ -132,8 +134,11 @@ static int lw_open(lw_state *w) {
                    .fingerprint = w->mf->fingerprint, .device = (char *)kern_name(w->be),
                    .capacity = (uint32_t)o->max_seqs, .max_context = (uint32_t)w->n_ctx,
                    .emb_rows = (uint32_t)w->Q, .emb_dim = (uint32_t)w->d};
-    rc = wlink_new(w->ctx, o->gateways, o->n_gateways, &h, o->heartbeat_ms,
-                   o->gateway_timeout_ms, &w->link);
+    wlink_opts lo = {.endpoints = o->gateways, .n_endpoints = o->n_gateways,
+                     .dns = o->gateway_dns, .n_dns = o->n_gateway_dns,
+                     .dns_interval_ms = o->dns_interval_s * 1000, .heartbeat_ms = o->heartbeat_ms,
+                     .timeout_ms = o->gateway_timeout_ms};
+    rc = wlink_new(w->ctx, &lo, &h, &w->link);
     if (!rc)
         rc = wlink_health_start(w->link, o->health_port);
     if (!rc)

@@ -30,6 +30,7 @@ void vworker_opts_default(vworker_opts *o) {
     o->heartbeat_ms = 1000;
     o->gateway_timeout_ms = 3000;
     o->grace_s = 20;
+    o->dns_interval_s = 5;
 }
 
 typedef struct {
@@ -86,7 +87,8 @@ static int vw_open(vw_state *w) {
     if (!o->model || !*o->model)
         return err_set(TV_EINVAL, "vision worker: no model bundle given (--model)");
     if (o->max_batch < 1 || o->max_batch > 256 || o->batch_wait_ms < 0 ||
-        (o->emb_dtype != MSG_EMB_F16 && o->emb_dtype != MSG_EMB_F32) || o->n_gateways < 1)
+        (o->emb_dtype != MSG_EMB_F16 && o->emb_dtype != MSG_EMB_F32) ||
+        o->n_gateways + o->n_gateway_dns < 1)
         return err_set(TV_EINVAL, "vision worker: bad options (max_batch 1..256, batch_wait_ms >= 0, "
                                   "emb dtype f16|f32, >= 1 gateway)");
     int rc = manifest_load(o->model, &w->mf);
@@ -121,8 +123,11 @@ static int vw_open(vw_state *w) {
                    .fingerprint = w->mf->fingerprint, .device = (char *)kern_name(w->be),
                    .capacity = (uint32_t)w->max_batch, .emb_rows = (uint32_t)w->Q,
                    .emb_dim = (uint32_t)w->d};
-    rc = wlink_new(w->ctx, o->gateways, o->n_gateways, &h, o->heartbeat_ms,
-                   o->gateway_timeout_ms, &w->link);
+    wlink_opts lo = {.endpoints = o->gateways, .n_endpoints = o->n_gateways,
+                     .dns = o->gateway_dns, .n_dns = o->n_gateway_dns,
+                     .dns_interval_ms = o->dns_interval_s * 1000, .heartbeat_ms = o->heartbeat_ms,
+                     .timeout_ms = o->gateway_timeout_ms};
+    rc = wlink_new(w->ctx, &lo, &h, &w->link);
     if (!rc)
         rc = wlink_health_start(w->link, o->health_port);
     if (!rc)

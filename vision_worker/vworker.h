@@ -19,8 +19,12 @@
 
 typedef struct {
     const char *model;               /* bundle folder (required) */
-    const char *const *gateways;     /* endpoints to connect to; default tcp://127.0.0.1:5555 */
+    const char *const *gateways;     /* endpoints to connect to; default tcp://127.0.0.1:5555
+                                      * (unless gateway_dns is given) */
     int n_gateways;
+    const char *const *gateway_dns;  /* "tcp://NAME:PORT": connect to every address of NAME */
+    int n_gateway_dns;
+    int dns_interval_s;              /* re-resolve gateway_dns this often; default 5 */
     const char *worker_id;           /* NULL: "vision:host:pid:random" */
     const char *device;              /* "cpu" | "cuda" | "auto" (default) */
     int threads;                     /* compute threads; 0 = all cores */

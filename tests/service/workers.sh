@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The distributed deployment on loopback: a real redis-server, `tinyvlm gateway`, and the worker
 # daemons `tinyvlm vision-worker` / `tinyvlm lm-worker` (the LM worker configured through
-# TINYVLM_* environment variables), tiny bundle at f32. Checks: the workers register (gateway
+# TINYVLM_* environment variables, the vision worker finding the gateway through
+# --gateway-dns localhost), tiny bundle at f32. Checks: the workers register (gateway
 # /readyz, their own --health-port probes); a greedy answer equals `tinyvlm ask --greedy`; the
 # embedding lands in Redis and the same image again is a hit; 6 concurrent requests (two
 # questions, streaming and not) each equal their single answer (continuous batching, no
@@ -67,12 +68,14 @@ ok "lm-worker without --model exit 2" "[ $? -eq 2 ] && grep -q -- '--model' '$wo
 ok "vision-worker bad --emb-dtype exit 2" "[ $? -eq 2 ]"
 "$bin" vision-worker --model "$work/none" >/dev/null 2>"$work/e3"
 ok "vision-worker missing bundle exit 1" "[ $? -eq 1 ] && grep -q tinyvlm.json '$work/e3'"
+"$bin" vision-worker --model "$work/b" --gateway-dns "localhost" >/dev/null 2>"$work/e4"
+ok "vision-worker bad --gateway-dns exit 1" "[ $? -eq 1 ] && grep -q 'tcp://NAME:PORT' '$work/e4'"
 
 start_redis || exit 1
 "$bin" gateway --host 127.0.0.1 --port "$HP" --listen "tcp://127.0.0.1:$LP" --redis "$redis" \
   --heartbeat-ms 200 --worker-timeout-ms 1500 >"$work/gw.log" 2>&1 &
 gpid=$!; pids+=($gpid)
-"$bin" vision-worker --model "$work/b" --gateway "tcp://127.0.0.1:$LP" --redis "$redis" --threads 1 \
+"$bin" vision-worker --model "$work/b" --gateway-dns "tcp://localhost:$LP" --redis "$redis" --threads 1 \
   --emb-dtype f32 --health-port "$VH" --heartbeat-ms 200 >"$work/vis.log" 2>&1 &
 vpid=$!; pids+=($vpid)
 start_lm
