@@ -3,8 +3,9 @@
  * "unknown_worker"), an encode batch with one good and one corrupt image (EncodeResult with the
  * embedding close to the PyTorch reference's image_embeds and stored in the cache; Error 400
  * invalid_image), a generate that reads the embedding from the cache and streams the reference's
- * 32 greedy tokens, the error answers (missing embedding, prompt over the context), cancel, and
- * shutdown (Bye, clean return). */
+ * 32 greedy tokens, the error answers (missing embedding, prompt over the context, wrong inline
+ * shape), cancel, the health probes, a gateway restart at the same address (both register
+ * again, answers still right), and shutdown (Bye, clean return). */
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <netinet/in.h>
@@ -27,7 +28,7 @@
 #include "tiny_model.h"
 #include "vworker.h"
 
-#define EP "inproc://test-workers"
+static char endpoint[128]; /* tcp://127.0.0.1:PORT the scripted gateway got */
 
 typedef struct {
     int is_lm;
@@ -345,6 +346,29 @@ static void test_health(int port) {
     CHECK_EQ_INT(http_status(port, "/other"), 404);
 }
 
+/* The gateway goes away and comes back at the same address: both workers register again and
+ * the LM worker answers correctly. */
+static void test_gateway_restart(msg_ctx *ctx, fixture *f) {
+    msg_close(gw);
+    gw = NULL;
+    struct timespec ts = {0, 300 * 1000000L};
+    nanosleep(&ts, NULL);
+    CHECK_OK(msg_listen(ctx, endpoint, &gw));
+    if (!gw)
+        return;
+    int v = 0, l = 0;
+    msg m;
+    char peer[MSG_PEER_MAX];
+    for (int i = 0; i < 2 && expect(MSG_HELLO, &m, peer, 10000); i++) {
+        v += !strcmp(peer, "v1"), l += !strcmp(peer, "l1");
+        msg_clear(&m);
+        msg hb = {.type = MSG_HEARTBEAT};
+        send_to(peer, &hb);
+    }
+    CHECK(v == 1 && l == 1);
+    test_generate(f);
+}
+
 static void test_shutdown(worker_thread *th) {
     th[0].stop = th[1].stop = 1;
     int byes = 0;
@@ -378,13 +402,15 @@ int main(void) {
     CHECK_OK(msg_ctx_new(&ctx));
     CHECK_OK(cache_mem_new(16 << 20, &c));
     if (ctx)
-        CHECK_OK(msg_listen(ctx, EP, &gw));
+        CHECK_OK(msg_listen(ctx, "tcp://127.0.0.1:*", &gw));
+    if (gw)
+        snprintf(endpoint, sizeof endpoint, "%s", msg_endpoint(gw));
     if (!gw || !c || !f.png) {
         cache_free(c);
         msg_ctx_free(ctx);
         return check_finish("test_workers");
     }
-    static const char *const eps[] = {EP};
+    const char *const eps[] = {endpoint};
     vworker_opts vo;
     lmworker_opts lo;
     vworker_opts_default(&vo);
@@ -396,6 +422,7 @@ int main(void) {
     vo.device = lo.device = "cpu";
     vo.threads = lo.threads = 1;
     vo.heartbeat_ms = lo.heartbeat_ms = 100;
+    vo.gateway_timeout_ms = lo.gateway_timeout_ms = 600;
     vo.worker_id = "v1", lo.worker_id = "l1";
     vo.max_batch = 2, vo.batch_wait_ms = 50, vo.emb_dtype = MSG_EMB_F32;
     lo.max_seqs = 2;
@@ -411,6 +438,7 @@ int main(void) {
     test_errors_and_cancel(&f, emb);
     test_rehello();
     test_health(hport);
+    test_gateway_restart(ctx, &f);
     test_shutdown(th);
     msg_close(gw);
     cache_free(c);
