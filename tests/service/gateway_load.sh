@@ -52,7 +52,7 @@ done
 ok "all 32 answered 200" "[ $bad = 0 ]"
 ok "all 32 streams well-formed, ending in [DONE]" "[ $shape = 0 ]"
 ok "no cross-talk: each answer = its single-request answer" "[ $cross = 0 ]"
-echo "  32 streams in $(echo "$t1 - $t0" | bc) s"
+echo "  32 streams in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s"
 m=$(curl -s "$url/metrics")
 for w in l1 l2 v1 v2; do
   kind=lm; [ "${w#v}" != "$w" ] && kind=vision

@@ -33,7 +33,7 @@ for k in $(seq 16); do
     200) [ "$(jq -j '.choices[0].message.content' "$work/q.$k")" = "$want" ] && n200=$((n200 + 1)) || other=$((other + 1)) ;;
     503) jq -e '.error.code == "queue_full"' "$work/q.$k" >/dev/null && grep -qi '^Retry-After:' "$work/q.$k.h" &&
          n503=$((n503 + 1)) || other=$((other + 1))
-         [ "$(echo "$t > 2" | bc)" = 1 ] && slow=$((slow + 1)) ;;
+         awk -v t="$t" 'BEGIN { exit !(t > 2) }' && slow=$((slow + 1)) ;;
     *) other=$((other + 1)) ;;
   esac
 done
