@@ -405,6 +405,78 @@ void wlink_bye(wlink *l, const char *reason) {
     }
 }
 
+/* ---- long computations ------------------------------------------------------------------- */
+
+typedef struct {
+    int (*fn)(void *);
+    void *arg;
+    int rc, done;
+    char msg[1024];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} wlink_job;
+
+static void *busy_main(void *p) {
+    wlink_job *j = p;
+    int rc = j->fn(j->arg);
+    pthread_mutex_lock(&j->mu);
+    j->rc = rc;
+    if (rc)
+        snprintf(j->msg, sizeof j->msg, "%s", err_msg());
+    j->done = 1;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* Heartbeats only: no Hello (the gateway has not been silent, we were) and no receiving. */
+static void busy_tick(wlink *l, uint64_t now) {
+    for (int i = 0; i < l->n; i++) {
+        if (!l->gw[i].sock)
+            continue;
+        msg m = {.type = MSG_HEARTBEAT};
+        m.u.heartbeat = l->hb;
+        msg_send(l->gw[i].sock, NULL, &m);
+    }
+    l->next_tick_ms = now + (uint64_t)l->heartbeat_ms;
+}
+
+int wlink_busy(wlink *l, int (*fn)(void *arg), void *arg) {
+    wlink_job j = {.fn = fn, .arg = arg};
+    pthread_mutex_init(&j.mu, NULL);
+    pthread_cond_init(&j.cv, NULL);
+    pthread_t th;
+    if (pthread_create(&th, NULL, busy_main, &j)) { /* no thread: run it here */
+        pthread_mutex_destroy(&j.mu);
+        pthread_cond_destroy(&j.cv);
+        return fn(arg);
+    }
+    pthread_mutex_lock(&j.mu);
+    while (!j.done) {
+        uint64_t now = wlink_now_ms();
+        if (now >= l->next_tick_ms) {
+            pthread_mutex_unlock(&j.mu);
+            busy_tick(l, now);
+            atomic_store(&l->turn_ms, now); /* busy is alive too */
+            pthread_mutex_lock(&j.mu);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t wait_ns = (l->next_tick_ms - now) * 1000000u + (uint64_t)ts.tv_nsec;
+        ts.tv_sec += (time_t)(wait_ns / 1000000000u);
+        ts.tv_nsec = (long)(wait_ns % 1000000000u);
+        pthread_cond_timedwait(&j.cv, &j.mu, &ts);
+    }
+    pthread_mutex_unlock(&j.mu);
+    pthread_join(th, NULL);
+    pthread_mutex_destroy(&j.mu);
+    pthread_cond_destroy(&j.cv);
+    if (j.rc)
+        return err_set(j.rc, "%s", j.msg);
+    return TV_OK;
+}
+
 /* ---- health probes ------------------------------------------------------------------------- */
 
 #define WLINK_STALL_MS 10000

@@ -58,6 +58,12 @@ int wlink_send(wlink *l, int gw, const msg *m);
 int wlink_send_error(wlink *l, int gw, uint64_t id, uint32_t status, const char *code,
                      const char *message);
 
+/* Runs fn(arg) on a helper thread while this thread keeps the link alive (heartbeats every
+ * interval; nothing is received meanwhile), so a long computation — a big prefill, a vision batch
+ * on a CPU — does not look like a dead worker to the gateway. fn must not touch the link.
+ * Returns fn's result, with its error message carried over to this thread. */
+int wlink_busy(wlink *l, int (*fn)(void *arg), void *arg);
+
 /* Sends Bye(reason) to every gateway and stops registering (no more Hello; heartbeats carry
  * draining = 1). */
 void wlink_bye(wlink *l, const char *reason);

@@ -90,6 +90,12 @@ static void lw_cancel_lost(lw_state *w) {
     w->n_lost = 0;
 }
 
+/* Prefills run on a helper thread while this one keeps heartbeating (wlink_busy). */
+static int lw_run(void *ctx, int (*fn)(void *arg), void *arg) {
+    lw_state *w = ctx;
+    return w->link ? wlink_busy(w->link, fn, arg) : fn(arg);
+}
+
 /* ---- set-up ----------------------------------------------------------------------------------- */
 
 static int lw_open(lw_state *w) {
@@ -110,6 +116,8 @@ static int lw_open(lw_state *w) {
     w->Q = w->mf ? manifest_image_tokens(w->mf) : 0, w->d = w->mf ? manifest_embed_dim(w->mf) : 0;
     if (!rc)
         rc = sched_new(w->lm, w->mf, w->tok, w->Q, lw_emit, w, &w->s);
+    if (!rc)
+        sched_set_runner(w->s, lw_run, w);
     if (!rc && o->cache) {
         w->cache = o->cache;
     } else if (!rc && o->redis_url && *o->redis_url) {

@@ -36,6 +36,8 @@ struct sched {
     float *emb;            /* [n_ctx, d] prefill input */
     int *slots;            /* [n_slots] decode batch */
     int32_t *toks;         /* [n_slots] */
+    sched_run_fn run;      /* prefill runner (NULL: direct) */
+    void *run_ctx;
     char *text;            /* event text scratch */
     size_t text_n, text_cap;
     sched_stats stats;
@@ -89,6 +91,11 @@ void sched_free(sched *s) {
     free(s->toks);
     free(s->text);
     free(s);
+}
+
+void sched_set_runner(sched *s, sched_run_fn run, void *ctx) {
+    s->run = run;
+    s->run_ctx = ctx;
 }
 
 int sched_capacity(const sched *s) { return s->n_slots; }
@@ -232,6 +239,17 @@ static int make_stopper(const sched *s, const sched_req *r, stopper **out) {
     return stopper_new(all, n, out);
 }
 
+typedef struct {
+    sched *s;
+    int slot, rows;
+} sched_prefill_job;
+
+static int prefill_job(void *arg) {
+    sched_prefill_job *j = arg;
+    return phi_prefill(j->s->lm, j->slot, j->s->emb, j->rows, 0,
+                       j->s->logits + (size_t)j->slot * j->s->V);
+}
+
 static int free_slot(const sched *s) {
     for (int i = 0; i < s->n_slots; i++)
         if (!s->seq[i].active)
@@ -263,8 +281,10 @@ int sched_admit(sched *s, const sched_req *r, uint64_t now_ms) {
         return TV_OK;
     }
     double t0 = sched_now();
-    if (!rc && (rc = phi_reset(s->lm, i)) == 0)
-        rc = phi_prefill(s->lm, i, s->emb, (int)rows, 0, s->logits + (size_t)i * s->V);
+    if (!rc && (rc = phi_reset(s->lm, i)) == 0) {
+        sched_prefill_job job = {s, i, (int)rows};
+        rc = s->run ? s->run(s->run_ctx, prefill_job, &job) : prefill_job(&job);
+    }
     s->stats.kernel_seconds += sched_now() - t0;
     if (rc) {
         sampler_free(q->smp);

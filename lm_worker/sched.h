@@ -69,6 +69,12 @@ typedef void (*sched_emit_fn)(void *user, const sched_event *ev);
 int sched_new(phi_model *lm, const manifest *mf, const tokenizer *tok, int image_rows,
               sched_emit_fn emit, void *user, sched **out);
 
+/* Each prefill goes through run(ctx, fn, arg) when set — the LM worker passes wlink_busy, so
+ * heartbeats continue during a long prefill; run must call fn(arg) and return its result.
+ * NULL (the default) = fn is called directly. */
+typedef int (*sched_run_fn)(void *ctx, int (*fn)(void *arg), void *arg);
+void sched_set_runner(sched *s, sched_run_fn run, void *ctx);
+
 /* Frees everything (running sequences are dropped without events). NULL is a no-op. */
 void sched_free(sched *s);
 

@@ -194,6 +194,16 @@ static void vw_answer(vw_state *w, vw_item *it, const float *e, double secs) {
                  err_msg());
 }
 
+typedef struct {
+    vw_state *w;
+    int B;
+} vw_job;
+
+static int vw_encode_job(void *arg) {
+    vw_job *j = arg;
+    return vision_encode(j->w->vm, j->w->pixels, j->B, j->w->emb);
+}
+
 static void vw_run_batch(vw_state *w) {
     size_t px = (size_t)3 * w->S * w->S, e = (size_t)w->Q * w->d;
     const float *mean = w->mf->vision.mean, *std = w->mf->vision.std;
@@ -211,7 +221,8 @@ static void vw_run_batch(vw_state *w) {
     }
     if (B > 0) {
         double t0 = vw_now();
-        int rc = vision_encode(w->vm, w->pixels, B, w->emb);
+        vw_job job = {w, B};
+        int rc = wlink_busy(w->link, vw_encode_job, &job); /* heartbeats go on meanwhile */
         double secs = vw_now() - t0;
         w->kernel_seconds += secs;
         for (int i = 0, k = 0; i < w->n_batch; i++) {
