@@ -90,6 +90,14 @@ ok "redis holds 3 embeddings (2 shared + 1 salted)" "[ \$(redis-cli -p $rport db
 ok "/v1/models lists the model" "curl -s '${A[@]:1}' -H 'Authorization: Bearer key-a' '$url/v1/models' | jq -e '.data | length == 1' >/dev/null"
 ok "gateway log warns about nothing open" "! grep -q 'OPEN' '$work/gateway.log'"
 
+# two different images in one question: both encoded (the png is cached by now, the new one is not)
+u1=$(data_uri "$img" image/jpeg); u2=$(data_uri "$src/tests/data/tinygptv/input.png" image/png)
+printf '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"%s"}},{"type":"text","text":"and"},{"type":"image_url","image_url":{"url":"%s"}},{"type":"text","text":"compare them"}]}],"temperature":0,"max_tokens":8}' "$u1" "$u2" >"$work/two.json"
+r=$(post /v1/chat/completions "$work/two.json" "${A[@]}")
+p1=$(head -n -1 <<<"$r1" | jq .usage.prompt_tokens)
+ok "two images in one request: 200, the prompt holds both" "[ \"\$(tail -n1 <<<\"\$r\")\" = 200 ] &&
+  [ \$(head -n -1 <<<\"\$r\" | jq .usage.prompt_tokens) -gt $p1 ]"
+
 # clean stop: SIGTERM -> the gateway exits 0 within a few seconds, with no sanitizer report
 kill -TERM "$gpid"
 for _ in $(seq 100); do kill -0 "$gpid" 2>/dev/null || break; sleep 0.1; done
