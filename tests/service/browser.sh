@@ -10,7 +10,7 @@
 # TV_BROWSER_MODEL=DIR uses that bundle instead of converting the tiny test model.
 # $1 = the binary, $2 = the source tree.
 set -u
-bin=$1; src=$2
+bin=$1; src=$(cd "$2" && pwd)   # Chromium wants absolute file paths
 M=$src/tests/data/tinygptv/model
 work=$(mktemp -d); spid=; cpid=
 cleanup() {
@@ -93,13 +93,16 @@ cdp() {  # cdp METHOD PARAMS_JSON: sends, prints the answer's .result (or .error
   done
   echo "cdp: no answer to $1" >&2; return 1
 }
-js() {  # js EXPRESSION: its value (JSON-encoded string for strings)
-  cdp Runtime.evaluate "$(jq -cn --arg e "$1" '{expression: $e, returnByValue: true}')" | jq -c .result.value
+js() {  # js EXPRESSION: its value (JSON-encoded string for strings); 1 if Chromium is silent
+  local r
+  r=$(cdp Runtime.evaluate "$(jq -cn --arg e "$1" '{expression: $e, returnByValue: true}')") || return 1
+  jq -c .result.value <<<"$r"
 }
 wait_state() {  # polls #status[data-state] until done|error (60 s); prints it
   local s
   for _ in $(seq 300); do
-    s=$(js 'document.getElementById("status").dataset.state' | jq -r .)
+    s=$(js 'document.getElementById("status").dataset.state') || { echo "no answer from Chromium"; return; }
+    s=$(jq -r . <<<"$s")
     case $s in done|error) echo "$s"; return;; esac
     sleep 0.2
   done
