@@ -48,6 +48,7 @@ typedef struct {
     int own_ctx;
     wlink *link;
     int Q, d, n_ctx;
+    size_t max_token_bytes;      /* the longest token's bytes: a cheap over-length test */
     int shutting_down;           /* "cancelled" finishes are the grace period running out */
     struct { int gw; uint64_t id; } lost[LW_MAX_LOST]; /* chunks that could not be sent */
     int n_lost;
@@ -133,6 +134,13 @@ static int lw_open(lw_state *w) {
     if (rc)
         return rc;
     w->n_ctx = phi_max_context(w->lm);
+    w->max_token_bytes = 1;
+    for (int32_t id = 0; id < tok_vocab_size(w->tok); id++) {
+        const char *b;
+        size_t n;
+        if (tok_token_bytes(w->tok, id, &b, &n) == TV_OK && n > w->max_token_bytes)
+            w->max_token_bytes = n;
+    }
     char id[MSG_PEER_MAX];
     if (o->worker_id && *o->worker_id)
         snprintf(id, sizeof id, "%s", o->worker_id);
@@ -232,6 +240,18 @@ static int lw_images(lw_state *w, const msg_generate *g, const prompt_ids *p, co
     return TV_OK;
 }
 
+/* 1 if the messages' text alone needs more positions than the context: every token covers at
+ * most max_token_bytes of it, so this holds without tokenizing (a huge body is refused at once
+ * instead of holding up the running sequences). */
+static int lw_surely_too_long(const lw_state *w, const msg_generate *g) {
+    size_t bytes = 0;
+    for (size_t i = 0; i < g->n_messages; i++)
+        for (size_t j = 0; j < g->messages[i].n_parts; j++)
+            if (g->messages[i].parts[j].text)
+                bytes += strlen(g->messages[i].parts[j].text);
+    return bytes / w->max_token_bytes > (size_t)w->n_ctx;
+}
+
 /* ---- requests ----------------------------------------------------------------------------------- */
 
 static void lw_generate(lw_state *w, const msg_generate *g, int gw, int draining) {
@@ -248,6 +268,10 @@ static void lw_generate(lw_state *w, const msg_generate *g, int gw, int draining
         rc = err_set(TV_EAGAIN, "all %d sequence slots are busy", sched_capacity(w->s));
     } else if (g->sampling.n_stop > SCHED_MAX_REQ_STOPS) {
         rc = err_set(TV_EINVAL, "at most %d stop strings", SCHED_MAX_REQ_STOPS);
+    } else if (lw_surely_too_long(w, g)) {
+        code = "context_length_exceeded";
+        rc = err_set(TV_ELIMIT, "the prompt is longer than the model's context (%d positions)",
+                     w->n_ctx);
     } else {
         rc = chat_build(w->mf, w->tok, g->messages, g->n_messages, g->n_images, w->Q, w->n_ctx,
                         &p, &order);

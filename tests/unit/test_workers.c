@@ -270,6 +270,14 @@ static void test_errors_and_cancel(fixture *f, float *emb) {
     send_to("l1", &g);
     expect_error(12, 400, "context_length_exceeded");
     free(longq);
+    size_t huge_n = 900000; /* refused from its size alone, before tokenizing */
+    char *huge = tv_xmalloc(huge_n + 1);
+    memset(huge, 'a', huge_n);
+    huge[huge_n] = 0;
+    g = gen_msg(15, "", emb, huge, 4, parts, &chat, &img);
+    send_to("l1", &g);
+    expect_error(15, 400, "context_length_exceeded");
+    free(huge);
 
     float bad[8 * 40];
     memset(bad, 0, sizeof bad);
