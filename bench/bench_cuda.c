@@ -209,7 +209,7 @@ static void bench_vision(kern_be *be, manifest *m, int quick) {
         printf("  (vision max batch 32: GPU memory %.2f GB)\n", (mem_used(be) - base) / 1e9);
         vision_free(vm);
     }
-    for (int i = 0; i < vb->n_proto; i++) free(vb->proto[i].data);
+    for (int i = 0; i < vb->n_proto; i++) free((void *)vb->proto[i].data);
     free(vb);
     free(px);
     free(emb);
@@ -323,6 +323,75 @@ static void bench_phi(kern_be *be, manifest *m, double bw, int quick) {
     free(logits);
 }
 
+/* ---- single ops of a decode step (where the time of a step goes) ---------------------------- */
+
+static double op_us(kern_be *be, int reps, int (*fn)(kern_be *, void *), void *ctx) {
+    fn(be, ctx);
+    kern_sync(be);
+    double t = now();
+    for (int i = 0; i < reps; i++) fn(be, ctx);
+    kern_sync(be);
+    return (now() - t) / reps * 1e6;
+}
+
+typedef struct {
+    kern_weight w;
+    float *x, *y, *bias;
+    kern_kv kv;
+    int32_t pos;
+} op_ctx;
+
+static int op_gemv(kern_be *be, void *c) {
+    op_ctx *o = c;
+    return kern_matmul(be, o->x, 1, &o->w, o->bias, o->y);
+}
+static int op_add(kern_be *be, void *c) {
+    op_ctx *o = c;
+    return kern_add(be, o->x, o->x, o->y, 2560);
+}
+static int op_rope(kern_be *be, void *c) {
+    op_ctx *o = c;
+    return kern_rope(be, o->y, 7680, 1, 32, 80, 32, &o->pos, 10000.0f);
+}
+static int op_dec(kern_be *be, void *c) {
+    op_ctx *o = c;
+    return kern_attn_decode(be, 1, o->x, 2560, &o->kv, 32, 0, 80, 0.1f, o->y, 2560);
+}
+
+static void bench_ops(kern_be *be, double bw) {
+    op_ctx o = {.pos = 100};
+    int64_t big = (int64_t)2048 * 2560 * 2;
+    void *wd = NULL, *x = NULL, *y = NULL, *kc = NULL;
+    if (kern_alloc(be, (size_t)10240 * 2560 * 2, &wd) || kern_alloc(be, 10240 * 4, &x) ||
+        kern_alloc(be, 10240 * 4 * 3, &y) || kern_alloc(be, (size_t)big * 4, &kc)) {
+        fprintf(stderr, "bench_cuda ops: %s\n", err_msg());
+        return;
+    }
+    o.x = x, o.y = y, o.bias = (float *)x;
+    o.w = (kern_weight){KERN_W_F16, 10240, 2560, wd, NULL};
+    double t = op_us(be, 200, op_gemv, &o);
+    printf("op: f16 matvec 10240 x 2560 (fc1): %.1f us = %.0f GB/s (%.0f%%)\n", t,
+           10240.0 * 2560 * 2 / t / 1e3, 100 * 10240.0 * 2560 * 2 / (t * 1e-6) / bw);
+    o.w = (kern_weight){KERN_W_F16, 2560, 10240, wd, NULL};
+    t = op_us(be, 200, op_gemv, &o);
+    printf("op: f16 matvec 2560 x 10240 (fc2): %.1f us = %.0f GB/s\n", t,
+           10240.0 * 2560 * 2 / t / 1e3);
+    o.w = (kern_weight){KERN_W_F16, 2560, 2560, wd, NULL};
+    t = op_us(be, 200, op_gemv, &o);
+    printf("op: f16 matvec 2560 x 2560 (dense): %.1f us = %.0f GB/s\n", t,
+           2560.0 * 2560 * 2 / t / 1e3);
+    printf("op: add of 2560 floats (launch cost): %.1f us\n", op_us(be, 500, op_add, &o));
+    printf("op: rope 1 token x 32 heads (with its position upload): %.1f us\n",
+           op_us(be, 500, op_rope, &o));
+    const int lens[3] = {128, 512, 2048};
+    for (int i = 0; i < 3; i++) {
+        o.kv = (kern_kv){kc, (float *)kc + big / 2, lens[i], 2560};
+        printf("op: decode attention 1 seq x 32 heads x 80, len %d: %.1f us\n", lens[i],
+               op_us(be, 200, op_dec, &o));
+    }
+    kern_release(be, wd), kern_release(be, x), kern_release(be, y), kern_release(be, kc);
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
     manifest *m;
@@ -341,6 +410,7 @@ int main(int argc, char **argv) {
     printf("device: %s, %.1f GB\n", d.device, d.mem_total / 1e9);
     double bw = bandwidth(be);
     printf("device memory bandwidth (1 GiB copy, read + write): %.0f GB/s\n", bw / 1e9);
+    bench_ops(be, bw);
     bench_phi(be, m, bw, quick);
     bench_vision(be, m, quick);
     kern_device_info(be, &d);

@@ -185,6 +185,9 @@ typedef struct {
     int64_t tq, tk, heads, kv_heads, dim;   /* kv_heads 0 means heads */
     float scale;
     int causal;
+    int lowp;   /* 1: the backend may round q, k, v and the probabilities to 16-bit floats (fp32
+                 * accumulation) to use matrix units; for models whose weights are 16-bit or
+                 * quantised anyway. The CPU ignores it; 0 keeps fp32 throughout. */
 } kern_attn;
 int kern_attention(kern_be *be, const kern_attn *a);
 

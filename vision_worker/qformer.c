@@ -174,14 +174,14 @@ void qformer_scratch_free(qformer_scratch *s) {
 /* out [B*tq, D] = per image softmax(q·k^T / sqrt(Dh))·v; q rows at stride ldq, k/v at ldkv. */
 static int qf_attention(kern_be *be, const qformer_config *cfg, int B, const float *q,
                         int64_t ldq, int64_t tq, const float *k, const float *v, int64_t ldkv,
-                        int64_t tk, float *out) {
+                        int64_t tk, int lowp, float *out) {
     int64_t D = cfg->width, H = cfg->heads, Dh = D / H;
     for (int b = 0; b < B; b++) {
         kern_attn a = {.q = q + (size_t)b * tq * ldq, .k = k + (size_t)b * tk * ldkv,
                        .v = v + (size_t)b * tk * ldkv, .out = out + (size_t)b * tq * D,
                        .ldq = ldq, .ldk = ldkv, .ldv = ldkv, .ldo = D,
                        .tq = tq, .tk = tk, .heads = H, .kv_heads = H, .dim = Dh,
-                       .scale = 1.0f / sqrtf((float)Dh), .causal = 0};
+                       .scale = 1.0f / sqrtf((float)Dh), .causal = 0, .lowp = lowp};
         KCALL(kern_attention(be, &a));
     }
     return TV_OK;
@@ -202,7 +202,7 @@ static int qf_self(kern_be *be, const qformer_config *cfg, const qformer_layer *
     int64_t D = cfg->width, Q = cfg->queries, rows = (int64_t)B * Q;
     KCALL(kern_matmul(be, s->q, rows, &l->qkv, l->qkv_b, s->qkv));          /* [rows, 3D] */
     int rc = qf_attention(be, cfg, B, s->qkv, 3 * D, Q, s->qkv + D, s->qkv + 2 * D, 3 * D, Q,
-                          s->att);
+                          l->qkv.type != KERN_W_F32, s->att);
     if (rc < 0) return rc;
     KCALL(kern_matmul(be, s->att, rows, &l->out, l->out_b, s->t));          /* [rows, D] */
     return add_norm(be, cfg, s->q, s->t, rows, l->ln_w, l->ln_b);
@@ -214,7 +214,8 @@ static int qf_cross(kern_be *be, const qformer_config *cfg, const qformer_layer 
     int64_t D = cfg->width, Q = cfg->queries, rows = (int64_t)B * Q, T = s->img_tokens;
     KCALL(kern_matmul(be, s->q, rows, &l->cq, l->cq_b, s->qkv));            /* [rows, D] */
     KCALL(kern_matmul(be, img, B * T, &l->ckv, l->ckv_b, s->ckv));          /* [B*T, 2D] */
-    int rc = qf_attention(be, cfg, B, s->qkv, D, Q, s->ckv, s->ckv + D, 2 * D, T, s->att);
+    int rc = qf_attention(be, cfg, B, s->qkv, D, Q, s->ckv, s->ckv + D, 2 * D, T,
+                          l->ckv.type != KERN_W_F32, s->att);
     if (rc < 0) return rc;
     KCALL(kern_matmul(be, s->att, rows, &l->cout, l->cout_b, s->t));        /* [rows, D] */
     return add_norm(be, cfg, s->q, s->t, rows, l->cln_w, l->cln_b);

@@ -262,7 +262,7 @@ static int vit_head_attention(kern_be *be, const vit_config *cfg, const float *q
  * On a device backend: the fused attention op, all heads of an image in one call (its host
  * per-head gathers cannot touch device memory, and the device kernel needs none). */
 static int vit_self_attention(kern_be *be, const vit_config *cfg, const float *qkv, float *out,
-                              int B, int T, vit_scratch *s) {
+                              int B, int T, int lowp, vit_scratch *s) {
     int64_t W = cfg->width, Dh = W / cfg->heads;
     if (!kern_is_host(be)) {
         for (int b = 0; b < B; b++) {
@@ -270,7 +270,7 @@ static int vit_self_attention(kern_be *be, const vit_config *cfg, const float *q
             kern_attn a = {.q = q, .k = q + W, .v = q + 2 * W, .out = out + (size_t)b * T * W,
                            .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W, .ldo = W, .tq = T, .tk = T,
                            .heads = cfg->heads, .kv_heads = cfg->heads, .dim = Dh,
-                           .scale = 1.0f / sqrtf((float)Dh), .causal = 0};
+                           .scale = 1.0f / sqrtf((float)Dh), .causal = 0, .lowp = lowp};
             KCALL(kern_attention(be, &a));
         }
         return TV_OK;
@@ -290,7 +290,9 @@ static int vit_attn_residual(kern_be *be, const vit_config *cfg, const vit_block
     int64_t W = cfg->width;
     KCALL(kern_layernorm(be, x, W, s->h, W, rows, 1, W, b->norm1_w, b->norm1_b, cfg->ln_eps));
     KCALL(kern_matmul(be, s->h, rows, &b->qkv, b->qkv_b, s->qkv));        /* [rows, 3W] */
-    int rc = vit_self_attention(be, cfg, s->qkv, s->h, B, T, s);              /* [rows, W]  */
+    /* 16-bit or quantised weights: the attention may use 16-bit operands too */
+    int lowp = b->qkv.type != KERN_W_F32;
+    int rc = vit_self_attention(be, cfg, s->qkv, s->h, B, T, lowp, s);       /* [rows, W]  */
     if (rc < 0) return rc;
     float *o = s->qkv;                     /* q/k/v are consumed: [rows, W] fits in [rows, 3W] */
     KCALL(kern_matmul(be, s->h, rows, &b->proj, b->proj_b, o));

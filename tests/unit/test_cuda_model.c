@@ -106,8 +106,13 @@ static void test_vision(const char *dir, const char *dtype, double tol) {
         memcpy(px2, px, 3 * 84 * 84 * sizeof(float));
         memcpy(px2 + 3 * 84 * 84, px, 3 * 84 * 84 * sizeof(float));
         CHECK_OK(vision_encode(vm, px2, 2, emb2));
-        double d = fmax(maxdiff(emb2, emb, 8 * 80), maxdiff(emb2 + 8 * 80, emb, 8 * 80));
-        CHECK_MSG(d <= 1e-5, "batch of 2 differs from single runs by %g", d);
+        /* f32: the same arithmetic; f16: the Q-Former's 8 rows per image go through the fp32
+         * matrix-vector kernel alone but through cuBLAS (x rounded to f16) in a batch */
+        double d = fmax(maxdiff(emb2, emb, 8 * 80), maxdiff(emb2 + 8 * 80, emb, 8 * 80)), mx = 0;
+        for (int i = 0; i < 8 * 80; i++) mx = fmax(mx, fabs(emb[i]));
+        double btol = strcmp(dtype, "f32") ? tol : 1e-5;
+        printf("cuda tiny %-4s batch of 2 vs single: relative %.3g\n", dtype, d / mx);
+        CHECK_MSG(d / mx <= btol, "batch of 2 differs from single runs by %g", d / mx);
         CHECK_FAILS(vision_encode(vm, px2, 3, emb2));
         free(px2);
     }

@@ -259,32 +259,38 @@ static void test_embed(void) {
 /* ---- attention ------------------------------------------------------------------------------ */
 
 static void test_attention_one(int64_t tq, int64_t tk, int64_t heads, int64_t kvh, int64_t dim,
-                               int causal) {
+                               int causal, int lowp) {
     int64_t ldq = heads * dim + 3, ldk = kvh * dim + 5, ldo = heads * dim + 1;
     float *q = rnd(tq * ldq, 1), *k = rnd(tk * ldk, 1), *v = rnd(tk * ldk, 1);
     float *want = rnd(tq * ldo, 1), *dq = up(q, tq * ldq), *dk = up(k, tk * ldk);
     float *dv = up(v, tk * ldk), *dout = up(want, tq * ldo), *got;
     kern_attn a = {.q = q, .k = k, .v = v, .out = want, .ldq = ldq, .ldk = ldk, .ldv = ldk,
                    .ldo = ldo, .tq = tq, .tk = tk, .heads = heads, .kv_heads = kvh, .dim = dim,
-                   .scale = 1.0f / sqrtf((float)dim), .causal = causal};
+                   .scale = 1.0f / sqrtf((float)dim), .causal = causal, .lowp = lowp};
     CHECK_OK(kern_attention(ref, &a));
     a.q = dq, a.k = dk, a.v = dv, a.out = dout;
     CHECK_OK(kern_attention(gpu, &a));
     char what[96];
-    snprintf(what, sizeof what, "attention tq=%lld tk=%lld h=%lld/%lld d=%lld%s", (long long)tq,
+    snprintf(what, sizeof what, "attention tq=%lld tk=%lld h=%lld/%lld d=%lld%s%s", (long long)tq,
              (long long)tk, (long long)heads, (long long)kvh, (long long)dim,
-             causal ? " causal" : "");
-    cmp(what, got = down(dout, tq * ldo), want, tq * ldo, 1e-5);
+             causal ? " causal" : "", lowp ? " lowp" : "");
+    /* lowp: q, k, v and the probabilities in f16 (2^-11 each), fp32 accumulation */
+    cmp(what, got = down(dout, tq * ldo), want, tq * ldo, lowp ? 4e-3 : 1e-5);
     free(got), free(q), free(k), free(v), free(want);
     kern_release(gpu, dq), kern_release(gpu, dk), kern_release(gpu, dv), kern_release(gpu, dout);
 }
 
 static void test_attention(void) {
-    test_attention_one(37, 37, 4, 4, 88, 0);      /* ViT-like, head 88 */
-    test_attention_one(19, 50, 6, 2, 80, 1);      /* Phi-like after a cached prefix, GQA */
-    test_attention_one(130, 130, 2, 2, 64, 1);
-    test_attention_one(8, 77, 3, 3, 256, 0);      /* widest head, cross-attention shape */
-    test_attention_one(5, 3, 2, 1, 13, 1);        /* odd dim; early queries see nothing */
+    test_attention_one(37, 37, 4, 4, 88, 0, 0);      /* ViT-like, head 88 */
+    test_attention_one(19, 50, 6, 2, 80, 1, 0);      /* Phi-like after a cached prefix, GQA */
+    test_attention_one(130, 130, 2, 2, 64, 1, 0);
+    test_attention_one(8, 77, 3, 3, 256, 0, 0);      /* widest head, cross-attention shape */
+    test_attention_one(5, 3, 2, 1, 13, 1, 0);        /* odd dim; early queries see nothing */
+    /* lowp: the tensor-core GEMM path where it applies (tq, tk >= 64), the fused one else */
+    test_attention_one(257, 257, 4, 4, 88, 0, 1);    /* ViT-like */
+    test_attention_one(100, 300, 3, 3, 80, 1, 1);    /* causal after a prefix */
+    test_attention_one(32, 300, 4, 4, 64, 0, 1);     /* Q-Former cross: fused kernel */
+    test_attention_one(70, 90, 4, 2, 80, 1, 1);      /* GQA: fused kernel */
 }
 
 static void test_decode(int64_t dim) {
