@@ -174,7 +174,7 @@ int cli_serve(int argc, char **argv) {
     rc = role_start(&roles[0]);
     while (!rc && !port && !roles[0].done && !*stop) /* workers connect once it is bound */
         sleep_ms(10);
-    for (int i = 1; i < 3 && !rc; i++)
+    for (int i = 1; i < 3 && !rc && port; i++) /* (a gateway that failed: nothing to serve) */
         rc = role_start(&roles[i]);
     if (!rc)
         rc = serve_wait_ready(roles, &port, &vready, &lready, stop);

@@ -39,6 +39,10 @@ url=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/serve.out" | head -1)
 ok "ready line" "[ -n '$url' ] && grep -q '^tinyvlm serving tinygpt-v at http://127.0.0.1:' '$work/serve.out'"
 [ -n "$url" ] || { cat "$work/serve.log"; exit 1; }
 
+port=${url##*:}
+"$bin" serve --model "$work/b" --port "$port" --threads 1 >/dev/null 2>"$work/e3"
+ok "a port in use: exit 1 naming it" "[ $? -eq 1 ] && grep -q '$port' '$work/e3'"
+
 img=$src/tests/data/tinygptv/input.png
 q="[vqa] What colour is the cat?"
 uri="data:image/png;base64,$(base64 -w0 "$img")"
