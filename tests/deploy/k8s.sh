@@ -51,21 +51,19 @@ K=$src/deploy/k8s
 for o in cpu gpu; do
   render "$K/overlays/$o" "$o"; ok "overlay $o renders and parses" $?
 done
-# The documented custom-metric variant and the documented way to supply API keys.
-mkdir -p "$work/mine"
-cp -r "$K" "$work/mine/k8s"
-mkdir -p "$work/mine/k8s/overlays/mine"
-printf 'sk-test-123 acme 4 60\n' >"$work/mine/k8s/overlays/mine/api-keys"
-cat >"$work/mine/k8s/overlays/mine/kustomization.yaml" <<'EOF'
-resources: ["../cpu"]
-components: ["../../components/queue-depth-hpa"]
-secretGenerator:
-  - name: tinyvlm-api-keys
-    namespace: tinyvlm
-    behavior: replace
-    files: ["api-keys"]
-EOF
-render "$work/mine/k8s/overlays/mine" mine; ok "cpu + queue-depth HPA + own API keys renders" $?
+# The overlay docs/deploy.md tells readers to write (its text, taken from the page), plus the
+# documented sizing patch and queue-depth component: what a reader following it deploys.
+mkdir -p "$work/mine/deploy/secrets/k8s"
+cp -r "$K" "$work/mine/deploy/k8s"
+awk '/^cat > deploy\/secrets\/k8s\/kustomization.yaml <<.EOF.$/ {on = 1; next} on && /^EOF$/ {exit} on' \
+  "$src/docs/deploy.md" >"$work/mine/deploy/secrets/k8s/kustomization.yaml"
+ok "docs/deploy.md has the own-overlay kustomization" "$([ -s "$work/mine/deploy/secrets/k8s/kustomization.yaml" ] && echo 0 || echo 1)"
+# The sizing example: the yaml block after "Size the worker resources", de-indented.
+awk '/Size the worker resources/ {f = 1} f && /```yaml/ {on = 1; next} on && /```/ {exit} on' "$src/docs/deploy.md" |
+  sed 's/^   //' >>"$work/mine/deploy/secrets/k8s/kustomization.yaml"
+printf 'components:\n  - ../../k8s/components/queue-depth-hpa\n' >>"$work/mine/deploy/secrets/k8s/kustomization.yaml"
+printf 'sk-test-123 acme 4 60\n' >"$work/mine/deploy/secrets/k8s/api-keys"
+render "$work/mine/deploy/secrets/k8s" mine; ok "docs/deploy.md own overlay + sizing patch + queue-depth HPA renders" $?
 
 for o in cpu gpu mine; do
   J=$work/$o.json
@@ -234,6 +232,9 @@ if [ -s "$work/mine.json" ]; then
          | select([.spec.metrics[] | select(.type=="External" and .external.metric.name=="tinyvlm_queue_depth")] | length == 0)
          | "HPA \(.metadata.name) does not use tinyvlm_queue_depth"' "$work/mine.json" >"$work/x"
   check "queue-depth variant: both HPAs on tinyvlm_queue_depth" "$work/x"
+  got=$(jq -r '.[] | select(.kind=="Deployment" and .metadata.name=="tinyvlm-lm-worker") | .spec.template.spec.containers[0]
+        | "\(.resources.requests.cpu) \(.resources.limits.memory) \([.env[] | select(.name=="TINYVLM_THREADS") | .value][0])"' "$work/mine.json")
+  ok "docs' sizing patch sets the LM worker to 8 cores, 12Gi, 8 threads ($got)" "$([ "$got" = "8 12Gi 8" ] && echo 0 || echo 1)"
   got=$(jq -r '.[] | select(.kind=="Secret") | .data["api-keys"]' "$work/mine.json" | base64 -d 2>/dev/null)
   ok "own overlay replaces the API keys" "$([ "$got" = "sk-test-123 acme 4 60" ] && echo 0 || echo 1)"
   jq -r '[.[] | select(.kind=="Secret") | .metadata.name] as $s | .[] | select(.kind | IN("Deployment", "StatefulSet"))
