@@ -10,7 +10,8 @@
  * - a file that cannot be read, or that the gateway refuses (4xx), is recorded and reported at
  *   the end; the run goes on. Busy answers (429/503), 5xx and network errors are retried with
  *   backoff (honouring Retry-After) before they count as failures. If the gateway cannot be
- *   reached at all before anything succeeded, the run stops instead of failing every file.
+ *   reached at all before anything succeeded, or refuses the API key (401), the run stops
+ *   instead of failing every file; a rerun picks up the rest.
  * Exit: 0 all images indexed (or already there), 1 some failed or the run stopped, 2 usage. */
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
@@ -163,8 +164,8 @@ static void ix_usage(FILE *f) {
             "  --quiet              no progress, only the summary\n\n"
             "environment: TINYVLM_URL, TINYVLM_OUT, TINYVLM_CONCURRENCY, TINYVLM_API_KEY,\n"
             "TINYVLM_MODEL (flags win)\n"
-            "exit: 0 all images indexed, 1 some failed (listed) or the gateway was unreachable,\n"
-            "2 usage error\n");
+            "exit: 0 all images indexed, 1 some failed (listed), or the gateway was unreachable or\n"
+            "refused the API key (the run stops; rerun to go on), 2 usage error\n");
 }
 
 /* Parses a positive integer flag value in [lo, hi]; returns 0 or -1 (message printed). */
@@ -516,6 +517,13 @@ static void ix_job_finish(ix_run *r, ix_job *j, CURLM *m, CURLcode res) {
         (res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST)) {
         r->stop_all = 1;  /* nothing ever worked: failing every file would only waste time */
         fprintf(stderr, "tinyvlm index: cannot reach %s: %s\n", r->endpoint, why);
+    }
+    if (status == 401 && !r->stop_all) {
+        r->stop_all = 1;  /* every other request would be refused the same way */
+        fprintf(stderr, "tinyvlm index: the gateway refused the API key (%s): %s\n",
+                r->o.api_key && *r->o.api_key ? "check --api-key / TINYVLM_API_KEY"
+                                              : "give one with --api-key or TINYVLM_API_KEY",
+                why);
     }
     ix_fail_add(r, j->path, why);
     ix_job_release(j);

@@ -4,7 +4,8 @@
 # whose embedding is the PyTorch reference's pooled image embedding (tiny.safetensors) and what
 # curl gets from /v1/embeddings; the duplicate is a cache hit; failures are listed at the end and
 # the exit code is 1; a second run resumes (nothing re-sent, no duplicate lines), a torn last
-# line is survived; unreachable gateway and usage errors exit 1 and 2; a TTY gets a progress bar.
+# line is survived; a keyed gateway gets the API key; unreachable gateway and usage errors exit
+# 1 and 2; a TTY gets a progress bar.
 # $1 = the binary, $2 = the source tree.
 set -u
 bin=$1; src=$2
@@ -18,12 +19,13 @@ if "$bin" serve --help 2>&1 | grep -q 'not built yet'; then
   echo "SKIP: tinyvlm serve is not built yet"; exit 0
 fi
 
-# Starts `tinyvlm serve` on a free port; sets url and spid. Returns 1 (log printed) on failure.
+# start_serve BUNDLE [FLAGS]: `tinyvlm serve` on a free port; sets url and spid. Returns 1 (log
+# printed) on failure.
 start_serve() {
   local port i
   for _ in 1 2 3 4 5; do
     port=$((20000 + RANDOM % 40000))
-    "$bin" serve --model "$1" --host 127.0.0.1 --port "$port" >"$work/serve.log" 2>&1 &
+    "$bin" serve --model "$@" --host 127.0.0.1 --port "$port" >"$work/serve.log" 2>&1 &
     spid=$!
     for i in $(seq 300); do
       if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
@@ -124,6 +126,19 @@ if command -v script >/dev/null; then
   ok "TTY run exit 0" "[ $? -eq 0 ]"
   ok "TTY progress bar" "grep -aq '\\[####################\\] 5/5 .*img/s .*cache hits .*ETA' '$work/tty.out'"
 fi
+
+# --- a gateway with API keys: the key from TINYVLM_API_KEY (or --api-key) is sent --------------
+kill "$spid"; wait "$spid" 2>/dev/null; spid=
+printf 'sk-test-1 tester\n' > "$work/keys"
+start_serve "$work/b" --api-keys "$work/keys" || exit 1
+"$bin" index "$I" --url "$url" --out "$work/k0.jsonl" >"$work/k0.out" 2>"$work/k0.err"
+ok "keyed gateway, no key: exit 1, stops at the 401, says how to give a key" \
+  "[ $? -eq 1 ] && grep -q 'HTTP 401' '$work/k0.err' && grep -q 'TINYVLM_API_KEY' '$work/k0.err' &&
+   grep -q 'not attempted' '$work/k0.out' && [ ! -s '$work/k0.jsonl' ]"
+TINYVLM_API_KEY=sk-test-1 "$bin" index "$I" --url "$url" --out "$work/k1.jsonl" >"$work/k1.out" 2>"$work/k1.err"
+ok "keyed gateway, TINYVLM_API_KEY: exit 0, 5 lines" "[ $? -eq 0 ] && [ \$(wc -l < '$work/k1.jsonl') -eq 5 ]"
+"$bin" index "$I" --url "$url" --out "$work/k2.jsonl" --api-key sk-wrong >/dev/null 2>"$work/k2.err"
+ok "keyed gateway, wrong --api-key: exit 1, 401" "[ $? -eq 1 ] && grep -q 'HTTP 401' '$work/k2.err'"
 
 # --- errors ----------------------------------------------------------------------------------
 kill "$spid"; wait "$spid" 2>/dev/null; spid=
