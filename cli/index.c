@@ -287,6 +287,32 @@ static void ix_walk(ix_run *r, const char *dir, int depth) {
 
 /* ---- resume: the paths already in the output file ------------------------------------------ */
 
+/* The path of one JSONL line, malloc'd, or NULL for a line that is not a complete record (torn
+ * by a kill, or not ours). Lines as index writes them ({"path":"..." first, "]}" last, no escapes
+ * in the path) are recognised without parsing their embedding: resuming a large index should not
+ * cost a full JSON parse of every vector. Anything else goes through cJSON. */
+static char *ix_line_path(const char *line, size_t n) {
+    static const char head[] = "{\"path\":\"";
+    size_t k = sizeof head - 1;
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+    if (n > k + 2 && !memcmp(line, head, k) && !memcmp(line + n - 2, "]}", 2)) {
+        const char *q = memchr(line + k, '"', n - k), *bs = memchr(line + k, '\\', n - k);
+        if (q && (!bs || bs > q) && (size_t)(q - line) + 14 < n && !memcmp(q, "\",\"sha256\":", 11)) {
+            size_t len = (size_t)(q - line) - k;
+            char *p = memcpy(tv_xmalloc(len + 1), line + k, len);
+            p[len] = 0;
+            return p;
+        }
+    }
+    char *p = NULL;
+    cJSON *j = cJSON_ParseWithLength(line, n);
+    const cJSON *jp = cJSON_GetObjectItemCaseSensitive(j, "path");
+    if (cJSON_IsString(jp) && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "embedding")))
+        p = ix_strdup(jp->valuestring);
+    cJSON_Delete(j);
+    return p;
+}
+
 /* Reads the existing JSONL (if any) into r->done (sorted). Lines that do not parse (a line torn
  * by a kill) are ignored. Sets *needs_nl when the file does not end with a newline. Returns 0,
  * or TV_EIO with a message when the file exists but cannot be read. */
@@ -300,11 +326,8 @@ static int ix_load_done(ix_run *r, const char *path, int *needs_nl) {
     int last = '\n';
     while ((n = getline(&line, &cap, f)) > 0) {
         last = line[n - 1];
-        cJSON *j = cJSON_ParseWithLength(line, (size_t)n);
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "path");
-        if (cJSON_IsString(p) && cJSON_GetObjectItemCaseSensitive(j, "embedding"))
-            ix_strs_push(&r->done, ix_strdup(p->valuestring));
-        cJSON_Delete(j);
+        char *p = ix_line_path(line, (size_t)n);
+        if (p) ix_strs_push(&r->done, p);
     }
     int bad = ferror(f);
     free(line);
