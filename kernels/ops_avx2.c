@@ -126,10 +126,11 @@ static inline float w_get(kern_wtype t, const void *row, int64_t kk) {
 /* x: row i0 (mr rows at stride K); y: row i0 (stride N). Columns [n0, n1). For M == 1 four
  * weight rows go at once (four independent FMA chains); otherwise one weight row against up to
  * four activation rows (spare rows duplicate the last one and are not stored). */
-#define DEF_ROWDOT(NAME, LD)                                                                  \
+#define DEF_ROWDOT(NAME, LD, ESZ)                                                             \
     static void NAME(const float *x, int64_t mr, const kern_weight *w, const float *bias,      \
                      float *y, int64_t n0, int64_t n1) {                                       \
         const int64_t K = w->k, N = w->n, K8 = K & ~(int64_t)7;                                \
+        const uintptr_t pf = (uintptr_t)(4 * K * (ESZ));   /* 4 rows on: the next group */     \
         int64_t j = n0;                                                                        \
         if (mr == 1)                                                                           \
             for (; j + 4 <= n1; j += 4) {                                                      \
@@ -139,6 +140,12 @@ static inline float w_get(kern_wtype t, const void *row, int64_t kk) {
                             *s2 = w_srow(w, j + 2), *s3 = w_srow(w, j + 3);                    \
                 __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                    \
                 for (int64_t kk = 0; kk < K8; kk += 8) {                                       \
+                    if (((kk * (ESZ)) & 63) == 0) {                                            \
+                        _mm_prefetch((const char *)((uintptr_t)r0 + pf + (uintptr_t)(kk * (ESZ))), _MM_HINT_T0); \
+                        _mm_prefetch((const char *)((uintptr_t)r1 + pf + (uintptr_t)(kk * (ESZ))), _MM_HINT_T0); \
+                        _mm_prefetch((const char *)((uintptr_t)r2 + pf + (uintptr_t)(kk * (ESZ))), _MM_HINT_T0); \
+                        _mm_prefetch((const char *)((uintptr_t)r3 + pf + (uintptr_t)(kk * (ESZ))), _MM_HINT_T0); \
+                    }                                                                          \
                     __m256 xv = _mm256_loadu_ps(x + kk);                                       \
                     a0 = _mm256_fmadd_ps(xv, LD(r0, s0, kk), a0);                              \
                     a1 = _mm256_fmadd_ps(xv, LD(r1, s1, kk), a1);                              \
@@ -256,11 +263,12 @@ enum { blk_q8_bytes = 32, blk_q4_bytes = 16 };   /* stored bytes per 32-weight b
 DEF_QDOT1(qdot1_q8, blk_q8)
 DEF_QDOT1(qdot1_q4, blk_q4)
 
-DEF_ROWDOT(rowdot_f32, ld_f32)
-DEF_ROWDOT(rowdot_f16, ld_f16)
-DEF_ROWDOT(rowdot_bf16, ld_bf16)
-DEF_ROWDOT(rowdot_q8, ld_q8)
-DEF_ROWDOT(rowdot_q4, ld_q4)
+/* ESZ: bytes per weight, for the prefetch of the M == 1 loop (q8/q4 take qdot1 at M == 1) */
+DEF_ROWDOT(rowdot_f32, ld_f32, 4)
+DEF_ROWDOT(rowdot_f16, ld_f16, 2)
+DEF_ROWDOT(rowdot_bf16, ld_bf16, 2)
+DEF_ROWDOT(rowdot_q8, ld_q8, 1)
+DEF_ROWDOT(rowdot_q4, ld_q4, 1)
 
 /* ---- matmul, large M: pack W, 6x16 micro-kernel -------------------------------------------- */
 
