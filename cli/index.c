@@ -609,7 +609,7 @@ static void ix_loop(ix_run *r, ix_job *jobs, CURLM *m, size_t walk_fails) {
             active += j->path != NULL;
         }
         if (!active || ix_interrupted) break;
-        int running, q;
+        int running, q, finished = 0;
         curl_multi_perform(m, &running);
         CURLMsg *msg;
         while ((msg = curl_multi_info_read(m, &q))) {
@@ -617,9 +617,10 @@ static void ix_loop(ix_run *r, ix_job *jobs, CURLM *m, size_t walk_fails) {
             ix_job *j;
             curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&j);
             ix_job_finish(r, j, m, msg->data.result);
+            finished++;
         }
         ix_show(r, r->n_fails - walk_fails, 0);
-        curl_multi_poll(m, NULL, 0, 100, NULL);
+        if (!finished) curl_multi_poll(m, NULL, 0, 50, NULL);  /* else refill the slots first */
     }
 }
 
