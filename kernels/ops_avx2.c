@@ -263,12 +263,60 @@ enum { blk_q8_bytes = 32, blk_q4_bytes = 16 };   /* stored bytes per 32-weight b
 DEF_QDOT1(qdot1_q8, blk_q8)
 DEF_QDOT1(qdot1_q4, blk_q4)
 
-/* ESZ: bytes per weight, for the prefetch of the M == 1 loop (q8/q4 take qdot1 at M == 1) */
+/* The same for 2..4 activation rows (a decode batch): each weight block is widened once and
+ * used for every row; two weight rows at a time keep the 2 x MRX accumulators in registers.
+ * MRX is a compile-time constant at each call (always_inline), so nothing spills. */
+#define DEF_QDOTM(NAME, BLK)                                                                   \
+    static inline __attribute__((always_inline)) void NAME##_mr(                               \
+        const float *x, const int MRX, const kern_weight *w, const float *bias, float *y,      \
+        int64_t n0, int64_t n1) {                                                              \
+        const int64_t K = w->k, N = w->n, nb = K / QUANT_BLOCK;                                \
+        const uintptr_t pf = (uintptr_t)(PFDIST * nb * BLK##_bytes);                           \
+        for (int64_t j = n0; j < n1; j += 2) {                                                 \
+            const int two = n1 - j >= 2;                                                       \
+            const void *r[2] = {w_row(w, j), w_row(w, j + two)};                               \
+            const float *s[2] = {w_srow(w, j), w_srow(w, j + two)};                            \
+            __m256 acc[2][4];                                                                  \
+            for (int i = 0; i < 2; i++)                                                        \
+                for (int m = 0; m < MRX; m++) acc[i][m] = _mm256_setzero_ps();                 \
+            for (int64_t b = 0; b < nb; b++) {                                                 \
+                if ((b & PF_EVERY(BLK)) == 0)                                                  \
+                    for (int i = 0; i < 2; i++)                                                \
+                        _mm_prefetch((const char *)((uintptr_t)r[i] +                          \
+                                                    (uintptr_t)(b * BLK##_bytes) + pf),        \
+                                     _MM_HINT_T0);                                             \
+                for (int i = 0; i < 2; i++) {                                                  \
+                    __m256 v[4], sc = _mm256_broadcast_ss(s[i] + b);                           \
+                    BLK(r[i], b, v);                                                           \
+                    for (int m = 0; m < MRX; m++) {                                            \
+                        const float *xb = x + m * K + b * QUANT_BLOCK;                         \
+                        __m256 xv[4] = {_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8),          \
+                                        _mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 24)};   \
+                        acc[i][m] = _mm256_fmadd_ps(blk_dot(xv, v), sc, acc[i][m]);            \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+            for (int i = 0; i < 1 + two; i++)                                                  \
+                for (int m = 0; m < MRX; m++)                                                  \
+                    y[m * N + j + i] = hsum(acc[i][m]) + (bias ? bias[j + i] : 0.0f);          \
+        }                                                                                      \
+    }                                                                                          \
+    static void NAME(const float *x, int64_t mr, const kern_weight *w, const float *bias,      \
+                     float *y, int64_t n0, int64_t n1) {                                       \
+        switch (mr) {                                                                          \
+        case 2: NAME##_mr(x, 2, w, bias, y, n0, n1); break;                                    \
+        case 3: NAME##_mr(x, 3, w, bias, y, n0, n1); break;                                    \
+        default: NAME##_mr(x, 4, w, bias, y, n0, n1); break;                                   \
+        }                                                                                      \
+    }
+
+DEF_QDOTM(qdotm_q8, blk_q8)
+DEF_QDOTM(qdotm_q4, blk_q4)
+
+/* ESZ: bytes per weight, for the prefetch of the M == 1 loop (q8/q4 have qdot1/qdotm below) */
 DEF_ROWDOT(rowdot_f32, ld_f32, 4)
 DEF_ROWDOT(rowdot_f16, ld_f16, 2)
 DEF_ROWDOT(rowdot_bf16, ld_bf16, 2)
-DEF_ROWDOT(rowdot_q8, ld_q8, 1)
-DEF_ROWDOT(rowdot_q4, ld_q4, 1)
 
 /* ---- matmul, large M: pack W, 6x16 micro-kernel -------------------------------------------- */
 
@@ -414,11 +462,11 @@ static void avx2_matmul_tile(const float *x, const kern_weight *w, const float *
     case KERN_W_BF16: rowdot_bf16(xr, i1 - i0, w, bias, yr, n0, n1); break;
     case KERN_W_Q8:
         if (i1 - i0 == 1) qdot1_q8(xr, w, bias, yr, n0, n1);
-        else rowdot_q8(xr, i1 - i0, w, bias, yr, n0, n1);
+        else qdotm_q8(xr, i1 - i0, w, bias, yr, n0, n1);
         break;
     case KERN_W_Q4:
         if (i1 - i0 == 1) qdot1_q4(xr, w, bias, yr, n0, n1);
-        else rowdot_q4(xr, i1 - i0, w, bias, yr, n0, n1);
+        else qdotm_q4(xr, i1 - i0, w, bias, yr, n0, n1);
         break;
     }
 }
