@@ -81,6 +81,7 @@ typedef struct {
     ix_fail *fails;
     size_t n_fails, cap_fails;
     size_t next, n_ok, n_hits, n_skipped, n_todo;
+    int n_unreachable;         /* requests in a row that found no gateway (after retries) */
     int stop_all;              /* gateway unreachable: dispatch nothing more */
     double t_start, t_shown;
     int tty;
@@ -521,6 +522,7 @@ static void ix_job_finish(ix_run *r, ix_job *j, CURLM *m, CURLcode res) {
     long status = 0;
     curl_multi_remove_handle(m, j->h);
     curl_easy_getinfo(j->h, CURLINFO_RESPONSE_CODE, &status);
+    if (res == CURLE_OK) r->n_unreachable = 0;
     if (res == CURLE_OK && status == 200) {
         int wrc = ix_write_line(r, j);
         if (wrc == TV_EIO) r->stop_all = 1;  /* the disk is full or gone: stop, keep what we have */
@@ -529,16 +531,18 @@ static void ix_job_finish(ix_run *r, ix_job *j, CURLM *m, CURLcode res) {
         return;
     }
     if (ix_retryable(res, status) && j->attempts <= r->o.retries) {
-        double wait = j->retry_after > 0 ? j->retry_after : 0.5 * (double)(1 << (j->attempts - 1));
+        int k = j->attempts - 1 < 6 ? j->attempts - 1 : 6;  /* 0.5, 1, 2 ... 32 s */
+        double wait = j->retry_after > 0 ? j->retry_after : 0.5 * (double)(1 << k);
         j->due = ix_now() + (wait < IX_MAX_RETRY_WAIT_S ? wait : IX_MAX_RETRY_WAIT_S);
         return;
     }
     char *why = res != CURLE_OK
                     ? ix_printf("%s", j->errbuf[0] ? j->errbuf : curl_easy_strerror(res))
                     : ix_answer_error(status, &j->resp);
-    if (res != CURLE_OK && r->n_ok == 0 && !r->stop_all &&
-        (res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST)) {
-        r->stop_all = 1;  /* nothing ever worked: failing every file would only waste time */
+    int gone = res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST;
+    r->n_unreachable = gone ? r->n_unreachable + 1 : 0;
+    if (gone && !r->stop_all && (r->n_ok == 0 || r->n_unreachable > r->o.concurrency)) {
+        r->stop_all = 1;  /* never reached, or gone for good: failing every file wastes time */
         fprintf(stderr, "tinyvlm index: cannot reach %s: %s\n", r->endpoint, why);
     }
     if (status == 401 && !r->stop_all) {
