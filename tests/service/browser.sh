@@ -4,7 +4,8 @@
 # with jq): a real file is put on the page's file input (DOM.setFileInputFiles), the question,
 # max tokens and temperature 0 are typed into their fields, Ask is clicked, and the answer that
 # streamed onto the page must equal `tinyvlm ask --greedy` for the same image and question. A
-# corrupt image must show the API's error on the page. Skips (exit 0, with a message) where
+# corrupt image must show the API's error on the page; on a keyed gateway the 401 shows, and the
+# key typed into the settings is kept (localStorage) and sent. Skips (exit 0, with a message) where
 # Chromium is absent or cannot start.
 # TV_BROWSER_SCREENSHOT=FILE saves a PNG of the page with its answer (docs/web.png is one);
 # TV_BROWSER_MODEL=DIR uses that bundle instead of converting the tiny test model.
@@ -37,11 +38,11 @@ if ! timeout 60 "$chrome" "${chrome_flags[@]}" --dump-dom about:blank >/dev/null
 fi
 
 # ---- the service ------------------------------------------------------------------------------
-start_serve() {  # sets url and spid
+start_serve() {  # start_serve BUNDLE [FLAGS]; sets url and spid
   local port i
   for _ in 1 2 3 4 5; do
     port=$((20000 + RANDOM % 40000))
-    "$bin" serve --model "$1" --host 127.0.0.1 --port "$port" >"$work/serve.log" 2>&1 &
+    "$bin" serve --model "$@" --host 127.0.0.1 --port "$port" >"$work/serve.log" 2>&1 &
     spid=$!
     for i in $(seq 300); do
       if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
@@ -151,6 +152,22 @@ state=$(wait_state)
 msg=$(js 'document.getElementById("status").textContent' | jq -r .)
 ok "a corrupt image shows the API's 4xx error on the page ($msg)" \
   "[ '$state' = error ] && grep -q 'HTTP 4[0-9][0-9]: .' <<<\"\$msg\""
+
+# A gateway with API keys: without a key the page shows the 401; the key typed into the settings
+# is kept in localStorage, comes back after a reload, and is sent.
+kill "$spid"; wait "$spid" 2>/dev/null; spid=
+printf 'sk-web tester\n' > "$work/keys"
+start_serve "$B" --api-keys "$work/keys" || exit 1
+ask_page "$img" "$q" "$ntok"
+state=$(wait_state)
+msg=$(js 'document.getElementById("status").textContent' | jq -r .)
+ok "keyed gateway, no key: the page shows the 401 ($msg)" "[ '$state' = error ] && grep -q 'HTTP 401' <<<\"\$msg\""
+js "const k = document.getElementById('key'); k.value = 'sk-web'; k.dispatchEvent(new Event('change')); 1" >/dev/null
+ask_page "$img" "$q" "$ntok"   # navigates again: the key must come back from localStorage
+state=$(wait_state)
+got=$(js 'document.getElementById("answer").textContent' | jq -r .)
+ok "the key survives a reload (localStorage)" "[ \"\$(js 'document.getElementById(\"key\").value' | jq -r .)\" = sk-web ]"
+ok "keyed gateway, key given: the same answer" "[ '$state' = done ] && [ \"\$got\" = \"\$want\" ]"
 
 cdp Browser.close '{}' >/dev/null
 exec 5>&- 6<&-
