@@ -69,6 +69,7 @@ static void emit(stopper *s, size_t n, const char **out, size_t *out_len) {
 /* Earliest position where a stop string starts inside buf, or len if none. */
 static size_t first_stop(const stopper *s) {
     size_t best = s->len;
+    if (s->len == 0) return 0; /* buf may still be NULL: memmem(NULL, 0, ...) is undefined */
     for (int i = 0; i < s->n; i++) {
         const char *hit = memmem(s->buf, s->len, s->strings[i], s->lens[i]);
         if (hit && (size_t)(hit - s->buf) < best) best = (size_t)(hit - s->buf);

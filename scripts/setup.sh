@@ -6,11 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Build tools, the libraries of DESIGN.md §6, and for the integration tests redis-server plus
-# curl and jq (the tests talk to the gateway the way a user would).
+# curl and jq (the tests talk to the gateway the way a user would), and docker-compose (only
+# `docker-compose config` runs, offline: the deployment test checks the compose file).
 PACKAGES=(build-essential cmake pkg-config
           libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libhiredis-dev
           libturbojpeg0-dev libspng-dev libmicrohttpd-dev libcjson-dev libssl-dev libpcre2-dev
-          libcurl4-openssl-dev redis-server curl jq)
+          libcurl4-openssl-dev redis-server curl jq docker-compose)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

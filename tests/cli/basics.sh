@@ -22,7 +22,7 @@ expect_grep version-cuda /tmp/tv_cli_out.$$ "^cuda: "
 expect no-args 2 "$bin"
 expect unknown 2 "$bin" frobnicate
 expect_grep unknown-msg /tmp/tv_cli_err.$$ "unknown command 'frobnicate'"
-expect planned 2 "$bin" serve
+expect planned 2 "$bin" bench
 expect_grep planned-msg /tmp/tv_cli_err.$$ "not built yet"
 rm -f /tmp/tv_cli_out.$$ /tmp/tv_cli_err.$$
 echo "cli basics: $pass passed, $fail failed"

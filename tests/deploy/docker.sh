@@ -73,7 +73,13 @@ if command -v dpkg >/dev/null 2>&1 && command -v ldd >/dev/null 2>&1 && command 
   # The libraries tinyvlm itself names (NEEDED); their own dependencies come with their packages.
   needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
   missing=""
+  # A binary built with CUDA (nvcc present, as on CI) also names the toolkit's libraries and
+  # libstdc++ (its runtime is C++): the CPU image is built with TV_CUDA=OFF and has neither.
+  cuda_build=0
+  echo "$needed" | grep -q '^libcudart' && cuda_build=1
   for so in $needed; do
+    case "$so" in libcudart*|libcublas*|libcublasLt*) continue;; esac
+    [ $cuda_build = 1 ] && case "$so" in libstdc++*) continue;; esac
     l=$(ldd "$bin" | awk -v so="$so" '$1 == so && $3 ~ /^\// {print $3}')
     [ -n "$l" ] || { missing="$missing ?$so"; continue; }
     pkg=$(dpkg -S "$l" 2>/dev/null || dpkg -S "$(readlink -f "$l")" 2>/dev/null)
