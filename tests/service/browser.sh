@@ -122,7 +122,10 @@ ask_page() {
   for _ in $(seq 100); do   # the FileReader is asynchronous: Ask is enabled once the image is in
     [ "$(js '!document.getElementById("ask").disabled')" = true ] && break; sleep 0.1
   done
-  js "document.getElementById('question').value = $(jq -cn --arg q "$2" '$q');
+  # count the answer's updates: a streamed answer grows piece by piece, not in one go
+  js "window.tvUpdates = 0; new MutationObserver(() => window.tvUpdates++).observe(
+        document.getElementById('answer'), {childList: true, characterData: true, subtree: true});
+      document.getElementById('question').value = $(jq -cn --arg q "$2" '$q');
       document.getElementById('max_tokens').value = '$3';
       document.getElementById('temperature').value = '0';
       document.getElementById('ask').click(); 1" >/dev/null
@@ -139,6 +142,7 @@ got=$(js 'document.getElementById("answer").textContent' | jq -r .)
 ok "the page's answer finished" "[ '$state' = done ]"
 ok "the page's streamed answer = tinyvlm ask --greedy" "[ -n \"\$want\" ] && [ \"\$got\" = \"\$want\" ]"
 [ "$got" = "$want" ] || { echo "  want: $want"; echo "  got:  $got"; js 'document.getElementById("status").textContent'; }
+ok "the answer was rendered as it streamed (updates: $(js 'window.tvUpdates'))" "[ \$(js 'window.tvUpdates') -gt 2 ]"
 ok "the preview shows the image" "[ \"\$(js 'document.getElementById(\"preview\").naturalWidth > 0')\" = true ]"
 ok "timing line shown" "js 'document.getElementById(\"meta\").textContent' | grep -q 'tokens'"
 if [ -n "${TV_BROWSER_SCREENSHOT:-}" ]; then
