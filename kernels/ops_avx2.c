@@ -346,10 +346,11 @@ static inline void transpose8(__m256 r[8]) {
 /* Packs W[n0:n1, k0:k0+kc] as f32 into panels of NR columns: panel p, element (kk, c) at
  * out[p*kc*NR + kk*NR + c] = W[n0 + p*NR + c, k0 + kk]; columns past n1 are zero. Eight weight
  * rows at a time are loaded 8 k's wide and transposed in registers. */
-#define DEF_PACK(NAME, LD)                                                                     \
+#define DEF_PACK(NAME, LD, ESZ2)                                                               \
     static void NAME(const kern_weight *w, int64_t n0, int64_t n1, int64_t k0, int64_t kc,      \
                      float *out) {                                                             \
         int64_t kc8 = kc & ~(int64_t)7;                                                        \
+        const uintptr_t rowb = (uintptr_t)(w->k * (ESZ2) / 2);                                 \
         for (int64_t jb = n0; jb < n1; jb += 8) {                                              \
             int64_t p = (jb - n0) / NR, c0 = (jb - n0) % NR, nv = n1 - jb < 8 ? n1 - jb : 8;    \
             float *panel = out + p * kc * NR + c0;                                             \
@@ -360,8 +361,14 @@ static inline void transpose8(__m256 r[8]) {
                 srows[r] = w_srow(w, jb + (r < nv ? r : 0));                                   \
             }                                                                                  \
             __m256i keep = tail_mask(nv);                                                      \
+            /* the next 8 rows' lines of this K block, one line per row per 64 bytes */        \
+            const uintptr_t next = (uintptr_t)w_row(w, jb) + 8 * rowb;                         \
             for (int64_t kk = 0; kk < kc8; kk += 8) {                                          \
                 __m256 v[8];                                                                   \
+                uintptr_t off = (uintptr_t)((k0 + kk) * (ESZ2) / 2);                           \
+                if ((off & 63) < (uintptr_t)(4 * (ESZ2)))                                      \
+                    for (int r = 0; r < 8; r++)                                                \
+                        _mm_prefetch((const char *)(next + r * rowb + off), _MM_HINT_T0);      \
                 for (int r = 0; r < 8; r++) v[r] = LD(rows[r], srows[r], k0 + kk);             \
                 transpose8(v);                                                                 \
                 for (int c = 0; c < 8; c++)                                                    \
@@ -380,11 +387,12 @@ static inline void transpose8(__m256 r[8]) {
         }                                                                                      \
     }
 
-DEF_PACK(pack_f32, ld_f32)
-DEF_PACK(pack_f16, ld_f16)
-DEF_PACK(pack_bf16, ld_bf16)
-DEF_PACK(pack_q8, ld_q8)
-DEF_PACK(pack_q4, ld_q4)
+/* ESZ2: stored bytes per two weights (q4 has half a byte each) */
+DEF_PACK(pack_f32, ld_f32, 8)
+DEF_PACK(pack_f16, ld_f16, 4)
+DEF_PACK(pack_bf16, ld_bf16, 4)
+DEF_PACK(pack_q8, ld_q8, 2)
+DEF_PACK(pack_q4, ld_q4, 1)
 
 /* c[MR][NR] = sum over kk of a[r][kk] * b[kk][:] (a: MR row pointers, b: one packed panel). */
 static inline void micro_6x16(const float *const a[MR], const float *b, int64_t kc,
