@@ -151,8 +151,7 @@ static int hub_send_job(gw *g, gw_job *j, int k) {
     int rc = msg_send(g->sock, w->id, &j->m);
     if (rc) return rc;
     pthread_mutex_lock(&g->mu);
-    w->inflight++;
-    w->assigned++;
+    gw_reg_assign(&g->reg, k);
     g->queued[j->kind]--;
     pthread_mutex_unlock(&g->mu);
     snprintf(j->worker, sizeof j->worker, "%s", w->id);

@@ -88,9 +88,19 @@ int gw_reg_pick(const gw_registry *r, msg_worker_kind kind, const char *fingerpr
         }
         const gw_worker *b = &r->w[best];
         uint32_t fw = w->capacity - w->inflight, fb = b->capacity - b->inflight;
-        if (fw > fb || (fw == fb && w->assigned < b->assigned)) best = (int)i;
+        /* Round robin among the most free: "fewest ever assigned" would hand a newcomer every
+         * item until it caught up, and picking the first would leave it idle. */
+        if (fw > fb || (fw == fb && w->last_pick < b->last_pick)) best = (int)i;
     }
     return best;
+}
+
+void gw_reg_assign(gw_registry *r, int k) {
+    TV_ASSERT(k >= 0 && (size_t)k < r->n);
+    gw_worker *w = &r->w[k];
+    w->inflight++;
+    w->assigned++;
+    w->last_pick = ++r->tick;
 }
 
 int gw_reg_count(const gw_registry *r, msg_worker_kind kind, const char *fingerprint) {

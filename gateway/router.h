@@ -1,7 +1,9 @@
 /* router — the gateway's worker registry and routing policy, without sockets or threads:
  * workers register with Hello, refresh with Heartbeat (or any message), are dropped when silent
  * longer than the timeout; work goes to the worker with the most free capacity
- * (capacity - in flight, counted by the gateway itself), never beyond capacity; a model is ready
+ * (capacity - in flight, counted by the gateway itself), never beyond capacity, and among
+ * equally free workers to the one picked least recently (so a restarted or newly added worker
+ * shares the work at once, and a long-running one is not starved by it); a model is ready
  * when a vision and an LM worker with the same fingerprint are registered.
  *
  * Not thread-safe: the gateway guards one registry with its own lock. */
@@ -23,13 +25,16 @@ typedef struct {
     uint32_t inflight;        /* items the gateway sent and has not seen finish */
     int draining;             /* said Bye or heartbeat.draining: no new work */
     double last_seen;         /* monotonic seconds of its last message */
-    uint64_t assigned;        /* items ever sent (ties go to the least used) */
+    uint64_t assigned;        /* items ever sent */
+    uint64_t last_pick;       /* registry tick of its last assignment (0 = never): ties go to
+                               * the least recently picked */
     msg_heartbeat hb;         /* its last heartbeat figures */
 } gw_worker;
 
 typedef struct {
     gw_worker *w;
     size_t n, cap;
+    uint64_t tick;            /* counts assignments (gw_reg_assign) */
 } gw_registry;
 
 void gw_reg_free(gw_registry *r);
@@ -46,8 +51,12 @@ gw_worker *gw_reg_find(gw_registry *r, const char *id);
 void gw_reg_remove(gw_registry *r, const char *id);
 
 /* Index of the worker to send the next item of kind/fingerprint to: not draining, in flight
- * below capacity, most free slots (ties: fewest items ever assigned). -1 if none has room. */
+ * below capacity, most free slots (ties: the least recently picked, never-picked first). -1 if
+ * none has room. */
 int gw_reg_pick(const gw_registry *r, msg_worker_kind kind, const char *fingerprint);
+
+/* Records that one item went to worker index k: one more in flight, stamped as picked now. */
+void gw_reg_assign(gw_registry *r, int k);
 
 /* Number of non-draining workers of kind/fingerprint (fingerprint NULL = any). */
 int gw_reg_count(const gw_registry *r, msg_worker_kind kind, const char *fingerprint);

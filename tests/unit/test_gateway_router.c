@@ -1,6 +1,7 @@
 /* test_gateway_router — the worker registry: Hello validation, routing by free capacity (never
- * beyond capacity, draining workers skipped), silence detection, model resolution and
- * readiness (a vision and an LM worker of one fingerprint). */
+ * beyond capacity, draining workers skipped; ties in round robin, so a restarted worker shares
+ * the work at once under light load and does not take all of it either), silence detection,
+ * model resolution and readiness (a vision and an LM worker of one fingerprint). */
 #include "check.h"
 #include "router.h"
 
@@ -13,7 +14,52 @@ static gw_worker *hello(gw_registry *r, const char *id, msg_worker_kind k, const
     return gw_reg_hello(r, &h, now);
 }
 
+/* Light load: n items one after another, each finished before the next; writes the picked ids'
+ * first letters after their number ("v1v2..." -> "12..."). */
+static void light_load(gw_registry *r, int n, char *out) {
+    for (int i = 0; i < n; i++) {
+        int k = gw_reg_pick(r, MSG_WORKER_VISION, FP_A);
+        out[i] = k >= 0 ? r->w[k].id[1] : '-';
+        if (k >= 0) {
+            gw_reg_assign(r, k);
+            r->w[k].inflight--;
+        }
+    }
+    out[n] = 0;
+}
+
+/* Ties between equally free workers go round robin, also to a worker that just (re)joined. */
+static void check_ties(void) {
+    gw_registry r = {0};
+    char seq[16];
+    CHECK(hello(&r, "v1", MSG_WORKER_VISION, "tiny", FP_A, 2, 0) != NULL);
+    CHECK(hello(&r, "v2", MSG_WORKER_VISION, "tiny", FP_A, 2, 0) != NULL);
+    light_load(&r, 6, seq);
+    CHECK_EQ_STR(seq, "121212");
+    /* v2 restarts (dropped, registers again with no history): it gets the next item and then
+     * its turn, not every item until it has caught up with v1's count, nor none */
+    gw_reg_remove(&r, "v2");
+    CHECK(hello(&r, "v2", MSG_WORKER_VISION, "tiny", FP_A, 2, 1) != NULL);
+    light_load(&r, 6, seq);
+    CHECK_EQ_STR(seq, "212121");
+    /* a third one scaled out joins the rotation at once */
+    CHECK(hello(&r, "v3", MSG_WORKER_VISION, "tiny", FP_A, 2, 2) != NULL);
+    light_load(&r, 6, seq);
+    CHECK_EQ_STR(seq, "321321");
+    /* more free capacity still wins over the rotation: v3 busy with one item -> v2, v1 only */
+    gw_reg_assign(&r, (int)(gw_reg_find(&r, "v3") - r.w));
+    light_load(&r, 4, seq);
+    CHECK_EQ_STR(seq, "2121");
+    /* a re-Hello of a known worker keeps its place in the rotation */
+    CHECK(hello(&r, "v1", MSG_WORKER_VISION, "tiny", FP_A, 2, 3) != NULL);
+    gw_reg_find(&r, "v3")->inflight = 0;
+    light_load(&r, 3, seq);
+    CHECK_EQ_STR(seq, "321");
+    gw_reg_free(&r);
+}
+
 int main(void) {
+    check_ties();
     gw_registry r = {0};
     CHECK(hello(&r, "", MSG_WORKER_VISION, "m", FP_A, 1, 0) == NULL);
     CHECK(hello(&r, "x", MSG_WORKER_UNKNOWN, "m", FP_A, 1, 0) == NULL);
@@ -50,7 +96,7 @@ int main(void) {
         int k = gw_reg_pick(&r, MSG_WORKER_VISION, FP_A);
         order[i] = k;
         CHECK(k >= 0);
-        if (k >= 0) r.w[k].inflight++, r.w[k].assigned++;
+        if (k >= 0) gw_reg_assign(&r, k);
     }
     CHECK_EQ_STR(r.w[order[0]].id, "v2");
     CHECK_EQ_STR(r.w[order[1]].id, "v2");
