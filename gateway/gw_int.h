@@ -38,7 +38,7 @@ typedef struct gw_job {
 } gw_job;
 
 typedef struct gw_cmd {
-    gw_job *job;              /* submit (job != NULL) ... */
+    gw_job *job;              /* submit (job != NULL: a chain linked by next, one request) ... */
     uint64_t cancel_id;       /* ... or cancel */
     struct gw_cmd *next;
 } gw_cmd;
@@ -96,6 +96,16 @@ void gw_hub_stop(gw *g);
  * answer, or an MSG_ERROR the hub made (503 no worker / queue full, 504 deadline, ...). */
 gw_box *gw_submit(gw *g, msg_worker_kind kind, const char *fingerprint, msg *m, double deadline,
                   uint64_t *id);
+
+/* The same in two steps, so that several jobs reach the router in one command (a request's
+ * images): gw_job_prepare makes the job (its box and id exist at once; nothing is sent) and
+ * gw_submit_jobs hands jobs[0..n) over together. The router admits them as one request: the
+ * first is refused (503 queue_full) only when it cannot be placed and the queue is full, the
+ * others follow its fate, and all are placed on the workers with the most free slots in the
+ * same pass (what does not fit waits in the queue). A prepared job must be submitted. */
+gw_job *gw_job_prepare(gw *g, msg_worker_kind kind, const char *fingerprint, msg *m,
+                       double deadline, gw_box **box, uint64_t *id);
+void gw_submit_jobs(gw *g, gw_job **jobs, size_t n);
 
 /* Asks the router to cancel job id (no-op if it already ended). */
 void gw_cancel(gw *g, uint64_t id);

@@ -69,8 +69,8 @@ static void hub_push_cmd(gw *g, gw_cmd *c) {
     hub_wake(g);
 }
 
-gw_box *gw_submit(gw *g, msg_worker_kind kind, const char *fingerprint, msg *m, double deadline,
-                  uint64_t *id) {
+gw_job *gw_job_prepare(gw *g, msg_worker_kind kind, const char *fingerprint, msg *m,
+                       double deadline, gw_box **box, uint64_t *id) {
     gw_job *j = tv_xcalloc(1, sizeof *j);
     j->id = atomic_fetch_add(&g->next_id, 1);
     j->kind = kind;
@@ -81,11 +81,25 @@ gw_box *gw_submit(gw *g, msg_worker_kind kind, const char *fingerprint, msg *m, 
     else if (j->m.type == MSG_GENERATE) j->m.u.generate.id = j->id;
     j->box = gw_box_new();
     j->deadline = deadline;
-    gw_box *mine = gw_box_ref(j->box);
+    *box = gw_box_ref(j->box);
     *id = j->id;
+    return j;
+}
+
+void gw_submit_jobs(gw *g, gw_job **jobs, size_t n) {
+    if (!n) return;
+    for (size_t i = 0; i + 1 < n; i++) jobs[i]->next = jobs[i + 1];
+    jobs[n - 1]->next = NULL;
     gw_cmd *c = tv_xcalloc(1, sizeof *c);
-    c->job = j;
+    c->job = jobs[0];
     hub_push_cmd(g, c);
+}
+
+gw_box *gw_submit(gw *g, msg_worker_kind kind, const char *fingerprint, msg *m, double deadline,
+                  uint64_t *id) {
+    gw_box *mine;
+    gw_job *j = gw_job_prepare(g, kind, fingerprint, m, deadline, &mine, id);
+    gw_submit_jobs(g, &j, 1);
     return mine;
 }
 
@@ -343,8 +357,10 @@ static int hub_queued_total(gw *g) {
     return n;
 }
 
-/* A new job: placed at once, queued, or refused (no worker at all / queue full). */
-static void hub_on_submit(gw *g, gw_job *j) {
+/* A new job: placed at once, queued, or refused (no worker at all / queue full). follower: a
+ * later job of a request whose first job was admitted (1: it needs no queue room of its own)
+ * or refused (-1: refused the same way). Returns 1 if j was refused for a full queue. */
+static int hub_on_submit(gw *g, gw_job *j, int follower) {
     j->next = NULL;
     gw_job **p = &g->jobs;
     while (*p) p = &(*p)->next;
@@ -357,14 +373,15 @@ static void hub_on_submit(gw *g, gw_job *j) {
     if (!any) {
         hub_job_fail(g, j, 503, "no_worker", "no %s worker is registered for this model",
                      hub_kind_name(j->kind));
-        return;
+        return 0;
     }
-    if (k < 0 && hub_queued_total(g) > g->o.queue) {
+    if (follower < 0 || (!follower && k < 0 && hub_queued_total(g) > g->o.queue)) {
         hub_job_fail(g, j, 503, "queue_full",
                      "all workers are busy and %d requests are already waiting", g->o.queue);
-        return;
+        return 1;
     }
     hub_dispatch(g);
+    return 0;
 }
 
 static void hub_on_cancel(gw *g, uint64_t id) {
@@ -389,8 +406,13 @@ static void hub_drain_cmds(gw *g) {
     pthread_mutex_unlock(&g->cmd_mu);
     while (c) {
         gw_cmd *next = c->next;
-        if (c->job) hub_on_submit(g, c->job);
-        else hub_on_cancel(g, c->cancel_id);
+        int follower = 0;
+        for (gw_job *j = c->job, *jn; j; j = jn) { /* one request's jobs, admitted together */
+            jn = j->next;
+            int refused = hub_on_submit(g, j, follower);
+            if (!follower) follower = refused ? -1 : 1;
+        }
+        if (!c->job) hub_on_cancel(g, c->cancel_id);
         free(c);
         c = next;
     }

@@ -63,18 +63,18 @@ static int img_lookup(gw *g, const char *fp, int need_values, gw_ref *ref) {
     return rc == 1 ? 1 : rc == 0 || rc == TV_ENOTFOUND ? 0 : -1;
 }
 
-/* The shared encode for key: joins one in flight, or starts one. Returns the box reference the
- * caller waits on; *owner says whether this caller started it (and must retire the entry). */
+/* The shared encode for key: joins one in flight, or prepares one (*job, which the caller
+ * submits with the request's other new encodes). Returns the box reference the caller waits on;
+ * *owner says whether this caller started it (and must retire the entry). Called with enc_mu
+ * held, so a request that joins meanwhile finds the entry before the job is submitted. */
 static gw_box *img_encode(gw *g, const gw_image *im, const char *fp, const char *key,
-                          int want_inline, int may_join, double deadline, int *owner) {
-    pthread_mutex_lock(&g->enc_mu);
+                          int want_inline, int may_join, double deadline, int *owner,
+                          gw_job **job) {
     for (gw_enc *e = g->encs; e && may_join; e = e->next)
         if (!strcmp(e->key, key)) {
-            gw_box *b = gw_box_ref(e->box);
-            pthread_mutex_unlock(&g->enc_mu);
             gw_met_add(g->met, "tinyvlm_image_encode_joins_total", "", 1);
             *owner = 0;
-            return b;
+            return gw_box_ref(e->box);
         }
     msg m = {.type = MSG_ENCODE};
     m.u.encode.image = tv_xmalloc(im->len);
@@ -84,13 +84,13 @@ static gw_box *img_encode(gw *g, const gw_image *im, const char *fp, const char 
     TV_ASSERT(m.u.encode.cache_key);
     m.u.encode.want_inline = want_inline;
     uint64_t id;
-    gw_box *b = gw_submit(g, MSG_WORKER_VISION, fp, &m, deadline, &id);
+    gw_box *b;
+    *job = gw_job_prepare(g, MSG_WORKER_VISION, fp, &m, deadline, &b, &id);
     gw_enc *e = tv_xcalloc(1, sizeof *e);
     snprintf(e->key, sizeof e->key, "%s", key);
     e->box = gw_box_ref(b);
     e->next = g->encs;
     g->encs = e;
-    pthread_mutex_unlock(&g->enc_mu);
     *owner = 1;
     return b;
 }
@@ -166,19 +166,30 @@ int gw_images(gw *g, const gw_image *ims, size_t n, const char *fp, const char *
               gw_ref *refs, gw_error *e) {
     gw_box **boxes = tv_xcalloc(n ? n : 1, sizeof *boxes);
     int *owner = tv_xcalloc(n ? n : 1, sizeof *owner);
+    int *found = tv_xcalloc(n ? n : 1, sizeof *found);
+    gw_job **jobs = tv_xcalloc(n ? n : 1, sizeof *jobs);
+    size_t n_jobs = 0;
     int rc = 0;
     memset(refs, 0, n * sizeof *refs);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) { /* the cache first, outside enc_mu */
         cache_key(refs[i].key, sizeof refs[i].key, fp, ims[i].sha, salt);
-        int found = force_encode ? -1 : img_lookup(g, fp, need_values, &refs[i]);
-        if (found == 1) {
-            refs[i].hit = 1;
-            continue;
-        }
-        int want_inline = force_encode || need_values || found < 0 || !g->cache;
-        boxes[i] = img_encode(g, &ims[i], fp, refs[i].key, want_inline, !force_encode, deadline,
-                              &owner[i]);
+        found[i] = force_encode ? -1 : img_lookup(g, fp, need_values, &refs[i]);
+        refs[i].hit = found[i] == 1;
     }
+    /* Every miss at once: the router spreads them over the vision workers by free slots; then we
+     * wait for all of them (the encodes run in parallel, not one after another). */
+    pthread_mutex_lock(&g->enc_mu);
+    for (size_t i = 0; i < n; i++) {
+        if (found[i] == 1) continue;
+        int want_inline = force_encode || need_values || found[i] < 0 || !g->cache;
+        boxes[i] = img_encode(g, &ims[i], fp, refs[i].key, want_inline, !force_encode, deadline,
+                              &owner[i], &jobs[n_jobs]);
+        if (owner[i]) n_jobs++;
+    }
+    pthread_mutex_unlock(&g->enc_mu);
+    gw_submit_jobs(g, jobs, n_jobs);
+    free(jobs);
+    free(found);
     for (size_t i = 0; i < n; i++) {
         if (!boxes[i]) continue;
         const msg *m = rc ? NULL : img_wait(g, boxes[i], deadline, c, e);
