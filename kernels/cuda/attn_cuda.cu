@@ -31,20 +31,20 @@ static size_t prefill_smem(long long dim) {
 }
 
 // Loads keys [t0, t0 + AT_KT) of kv head kh into Ks [AT_KT][dim+1] and Vs [AT_KT][dim] (rows
-// past tk are zero), all warps of the block cooperating: warp w takes rows w, w + nwarps, ...,
-// its lanes the dims (coalesced, and no index division).
+// past tk are zero), all threads of the block cooperating.
 __device__ __forceinline__ void load_kv_tile(const float *k, long long ldk, const float *v,
                                              long long ldv, long long tk, long long t0,
-                                             int dim, float *Ks, float *Vs) {
-    const int nw = blockDim.x / 32, w = threadIdx.x / 32, lane = threadIdx.x & 31;
-    for (int r = w; r < AT_KT; r += nw) {
-        long long t = t0 + r;
-        int in = t < tk;
-        const float *kr = k + t * ldk, *vr = v + t * ldv;
-        for (int d = lane; d < dim; d += 32) {
-            Ks[r * (dim + 1) + d] = in ? kr[d] : 0.0f;
-            Vs[r * dim + d] = in ? vr[d] : 0.0f;
+                                             long long dim, float *Ks, float *Vs) {
+    long long total = (long long)AT_KT * dim;
+    for (long long i = threadIdx.x; i < total; i += blockDim.x) {
+        long long r = i / dim, d = i % dim, t = t0 + r;
+        float kv = 0, vv = 0;
+        if (t < tk) {
+            kv = k[t * ldk + d];
+            vv = v[t * ldv + d];
         }
+        Ks[r * (dim + 1) + d] = kv;
+        Vs[r * dim + d] = vv;
     }
 }
 
@@ -58,11 +58,10 @@ __global__ void __launch_bounds__(AT_NW * 32) k_attn_prefill(const at_args a) {
     const long long qbase = (long long)blockIdx.x * AT_NW * AT_QW;
     const float *kp = a.k + kh * dim, *vp = a.v + kh * dim;
 
-    // this block's queries, pre-scaled, into shared memory (warp w: rows w, w + AT_NW, ...)
-    for (int r = warp; r < AT_NW * AT_QW; r += AT_NW) {
-        long long t = qbase + r;
-        for (int d = lane; d < dim; d += 32)
-            Qs[r * dim + d] = t < a.tq ? a.q[t * a.ldq + h * dim + d] * a.scale : 0.0f;
+    // this block's queries, pre-scaled, into shared memory
+    for (long long i = threadIdx.x; i < (long long)AT_NW * AT_QW * dim; i += blockDim.x) {
+        long long r = i / dim, d = i % dim, t = qbase + r;
+        Qs[i] = t < a.tq ? a.q[t * a.ldq + h * dim + d] * a.scale : 0.0f;
     }
     const long long shift = a.tk - a.tq;   // causal: query i sees keys <= i + shift
     long long q0 = qbase + warp * AT_QW;
@@ -94,7 +93,7 @@ __global__ void __launch_bounds__(AT_NW * 32) k_attn_prefill(const at_args a) {
     const float *Qw = Qs + (long long)warp * AT_QW * dim;
     for (long long t0 = 0; t0 < blk_end; t0 += AT_KT) {
         __syncthreads();
-        load_kv_tile(kp, a.ldk, vp, a.ldv, a.tk, t0, (int)dim, Ks, Vs);
+        load_kv_tile(kp, a.ldk, vp, a.ldv, a.tk, t0, dim, Ks, Vs);
         __syncthreads();
         // scores of key t0 + lane against the warp's queries
         float s[AT_QW];
@@ -166,46 +165,34 @@ typedef struct {
     float *part;            // [(s*heads + h) * nsplit + sp] * (dim + 2): m, l, acc[dim]
     long long ldq, heads, group, dim, split, nsplit;
     float scale;
-    int vec4;               // every cache row of every sequence is float4-loadable
 } dec_args;
 
-static size_t decode_smem(long long dim) { return sizeof(float) * (size_t)dim; }
+static size_t decode_smem(long long dim) {
+    return sizeof(float) * (size_t)(AT_KT * (dim + 1) + AT_KT * dim + dim);
+}
 
-// One warp per (sequence, head, split of a.split keys). Lane j scores key t0 + j reading its K
-// row straight from the cache (float4 when vec4: dim % 4 == 0 and rows 16-byte aligned), so a
-// lane has dim/4 independent loads in flight; the output pass reads V rows coalesced.
 template <int DPL>
 __global__ void __launch_bounds__(32) k_attn_split(const dec_args a) {
-    extern __shared__ float qs[];
-    const int dim = (int)a.dim, lane = threadIdx.x;
+    extern __shared__ float sm[];
+    const long long dim = a.dim;
+    float *Ks = sm, *Vs = Ks + AT_KT * (dim + 1), *qs = Vs + AT_KT * dim;
+    const int lane = threadIdx.x;
     const long long sh = blockIdx.x, s = sh / a.heads, h = sh % a.heads, kh = h / a.group;
     const long long sp = blockIdx.y;
     const cu_kv kv = a.kv[s];
     long long k0 = sp * a.split, k1 = k0 + a.split < kv.len ? k0 + a.split : kv.len;
-    for (int d = lane; d < dim; d += 32) qs[d] = a.q[s * a.ldq + h * dim + d] * a.scale;
-    __syncwarp();
+    for (long long d = lane; d < dim; d += 32) qs[d] = a.q[s * a.ldq + h * dim + d] * a.scale;
     float m = -INFINITY, l = 0, acc[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0;
-    const float *kb = kv.k + kh * dim, *vb = kv.v + kh * dim;
-    for (long long t0 = k0; t0 < k1; t0 += 32) {
-        long long t = t0 + lane;
-        int valid = t < k1;
+    for (long long t0 = k0; t0 < k1; t0 += AT_KT) {
+        __syncwarp();
+        load_kv_tile(kv.k + kh * dim, kv.ld, kv.v + kh * dim, kv.ld, k1, t0, dim, Ks, Vs);
+        __syncwarp();
         float sc = 0;
-        if (valid) {
-            const float *kr = kb + t * kv.ld;
-            if (a.vec4) {
-                const float4 *k4 = (const float4 *)kr;
-#pragma unroll 4
-                for (int d4 = 0; d4 < dim / 4; d4++) {
-                    float4 x = k4[d4];
-                    sc += qs[4 * d4] * x.x + qs[4 * d4 + 1] * x.y + qs[4 * d4 + 2] * x.z +
-                          qs[4 * d4 + 3] * x.w;
-                }
-            } else {
-                for (int d = 0; d < dim; d++) sc += qs[d] * kr[d];
-            }
-        }
+        const float *kr = Ks + lane * (dim + 1);
+        for (long long d = 0; d < dim; d++) sc += qs[d] * kr[d];
+        int valid = t0 + lane < k1;
         float sv = valid ? sc : -INFINITY, tmax = sv;
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
@@ -217,13 +204,13 @@ __global__ void __launch_bounds__(32) k_attn_split(const dec_args a) {
 #pragma unroll
         for (int i = 0; i < DPL; i++) acc[i] *= corr;
         m = mn;
-        int nk = (int)(k1 - t0 < 32 ? k1 - t0 : 32);
+        long long nk = k1 - t0 < AT_KT ? k1 - t0 : AT_KT;
         for (int j = 0; j < nk; j++) {
             float pj = __shfl_sync(0xffffffffu, p, j);
-            const float *vr = vb + (t0 + j) * kv.ld;
+            const float *vr = Vs + j * dim;
 #pragma unroll
             for (int i = 0; i < DPL; i++) {
-                int d = lane + 32 * i;
+                long long d = lane + 32 * i;
                 if (d < dim) acc[i] += pj * vr[d];
             }
         }
@@ -235,7 +222,7 @@ __global__ void __launch_bounds__(32) k_attn_split(const dec_args a) {
     }
 #pragma unroll
     for (int i = 0; i < DPL; i++) {
-        int d = lane + 32 * i;
+        long long d = lane + 32 * i;
         if (d < dim) o[2 + d] = acc[i];
     }
 }
@@ -269,6 +256,8 @@ __global__ void k_attn_combine(const float *part, long long nsplit, long long he
 template <int DPL> static int attn_init_one(void) {
     CU_TRY(cudaFuncSetAttribute(k_attn_prefill<DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 AT_SMEM_MAX));
+    CU_TRY(cudaFuncSetAttribute(k_attn_split<DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                AT_SMEM_MAX));
     return TV_OK;
 }
 
@@ -293,109 +282,9 @@ int cu_attn_init(void) {
     default: KERNEL<8><<<GRID, BLOCK, SMEM, STREAM>>>(ARGS); break;                          \
     }
 
-// ---- lowp: attention as two tensor-core GEMMs per head (cuBLAS), for long sequences ----------
-//   Qh, Kh, Vh = q * scale, k, v rounded to f16, packed [t, heads * dim]   (scratch mm_x)
-//   S_h [tq, tk] = Qh_h . Kh_h^T  (f16 out, fp32 accumulate)                 (scratch mm_w)
-//   P_h = softmax_rows(S_h) in place (fp32 inside, causal mask applied here)
-//   out[:, h] = P_h . Vh_h        (fp32 out)
-// Heads go in chunks that fit the scratch. Only for kv_heads == heads (the vision encoder).
-
-#include <cuda_fp16.h>
-
-__global__ void k_pack_half(const float *x, long long ld, long long rows, int cols, float scale,
-                            __half *out) {
-    long long total = rows * cols;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        long long r = i / cols;
-        int cc = (int)(i - r * cols);
-        out[i] = __float2half_rn(x[r * ld + cc] * scale);
-    }
-}
-
-// One warp per row of S (rows = heads_in_chunk * tq), in place.
-__global__ void k_softmax_half(__half *S, long long rows, long long tq, long long tk, int causal,
-                               long long shift) {
-    long long r = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
-    int lane = threadIdx.x & 31;
-    if (r >= rows) return;
-    long long i = r % tq, n = tk;
-    if (causal) {
-        n = i + shift + 1;
-        n = n < 0 ? 0 : n > tk ? tk : n;
-    }
-    __half *row = S + r * tk;
-    float m = -INFINITY;
-    for (long long j = lane; j < n; j += 32) m = fmaxf(m, __half2float(row[j]));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    float sum = 0;
-    for (long long j = lane; j < n; j += 32) sum += expf(__half2float(row[j]) - m);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    float inv = n > 0 ? 1.0f / sum : 0.0f;
-    for (long long j = lane; j < tk; j += 32)
-        row[j] = __float2half_rn(j < n ? expf(__half2float(row[j]) - m) * inv : 0.0f);
-}
-
-// 0 when done; 1 when the shape does not suit this path (the caller runs the fused kernel).
-static int attn_gemm(cu_be *c, const kern_attn *k, int *rc_out) {
-    long long tq = k->tq, tk = k->tk, H = k->heads, D = k->dim;
-    *rc_out = 0;
-    if (!k->lowp || k->kv_heads != H || tq < 64 || tk < 64 || D % 8 ||
-        (tq + 2 * tk) * H * D > (long long)CU_MM_HALVES || tq * tk > (long long)CU_MM_HALVES ||
-        tq > INT32_MAX || tk > INT32_MAX)
-        return 1;
-    __half *Qh = (__half *)c->mm_x, *Kh = Qh + tq * H * D, *Vh = Kh + tk * H * D;
-    __half *S = (__half *)c->mm_w;
-    int cols = (int)(H * D);
-    k_pack_half<<<cu_blocks(tq * cols, 256), 256, 0, c->stream>>>(k->q, k->ldq, tq, cols,
-                                                                  k->scale, Qh);
-    k_pack_half<<<cu_blocks(tk * cols, 256), 256, 0, c->stream>>>(k->k, k->ldk, tk, cols, 1.0f,
-                                                                  Kh);
-    k_pack_half<<<cu_blocks(tk * cols, 256), 256, 0, c->stream>>>(k->v, k->ldv, tk, cols, 1.0f,
-                                                                  Vh);
-    cudaError_t e = cudaPeekAtLastError();
-    if (e != cudaSuccess) {
-        *rc_out = err_set(TV_EINTERNAL, "cuda attention pack: %s", cudaGetErrorString(e));
-        return 0;
-    }
-    long long chunk = (long long)CU_MM_HALVES / (tq * tk);
-    if (chunk > H) chunk = H;
-    const float one = 1.0f, zero = 0.0f;
-    for (long long h0 = 0; h0 < H; h0 += chunk) {
-        int nh = (int)(H - h0 < chunk ? H - h0 : chunk);
-        // S^T (col-major tk x tq, ld tk) = K^T . Q over the heads of the chunk
-        cublasStatus_t st = cublasGemmStridedBatchedEx(
-            c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)tk, (int)tq, (int)D, &one, Kh + h0 * D,
-            CUDA_R_16F, cols, D, Qh + h0 * D, CUDA_R_16F, cols, D, &zero, S, CUDA_R_16F,
-            (int)tk, tq * tk, nh, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        if (st == CUBLAS_STATUS_SUCCESS) {
-            k_softmax_half<<<cu_blocks((long long)nh * tq, 8), 256, 0, c->stream>>>(
-                S, (long long)nh * tq, tq, tk, k->causal, tk - tq);
-            // out^T (col-major D x tq, ld ldo) = V^T . P^T
-            st = cublasGemmStridedBatchedEx(
-                c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)D, (int)tq, (int)tk, &one, Vh + h0 * D,
-                CUDA_R_16F, cols, D, S, CUDA_R_16F, (int)tk, tq * tk, &zero,
-                k->out + h0 * D, CUDA_R_32F, (int)k->ldo, D, nh, CUBLAS_COMPUTE_32F,
-                CUBLAS_GEMM_DEFAULT);
-        }
-        if (st != CUBLAS_STATUS_SUCCESS) {
-            *rc_out = err_set(TV_EINTERNAL, "cuda attention: cuBLAS status %d", (int)st);
-            return 0;
-        }
-    }
-    e = cudaPeekAtLastError();
-    if (e != cudaSuccess)
-        *rc_out = err_set(TV_EINTERNAL, "cuda attention softmax: %s", cudaGetErrorString(e));
-    return 0;
-}
-
 int cu_attention(kern_be *be, const kern_attn *k) {
     cu_be *c = cu_of(be);
     cu_begin(c);
-    int grc = 0;
-    if (attn_gemm(c, k, &grc) == 0) return grc;
     at_args a = {k->q, k->k, k->v, k->out, k->ldq, k->ldk, k->ldv, k->ldo, k->tq, k->tk,
                  k->heads, k->heads / k->kv_heads, k->dim, k->scale, k->causal};
     if (k->heads > 65535) return err_set(TV_EUNSUPPORTED, "cuda attention: > 65535 heads");
@@ -414,15 +303,12 @@ int cu_attn_decode(kern_be *be, int64_t n_seq, const float *q, int64_t ldq, cons
     for (int64_t s0 = 0; s0 < n_seq; s0 += 256) {
         int64_t ns = n_seq - s0 < 256 ? n_seq - s0 : 256;
         long long maxlen = 1;
-        int vec4 = dim % 4 == 0;
         for (int64_t i = 0; i < ns; i++) {
             host[i] = (cu_kv){kv[s0 + i].k, kv[s0 + i].v, kv[s0 + i].len, kv[s0 + i].ld};
             if (kv[s0 + i].len > maxlen) maxlen = kv[s0 + i].len;
-            vec4 &= kv[s0 + i].ld % 4 == 0 && (uintptr_t)kv[s0 + i].k % 16 == 0;
         }
-        // splits of 64 keys, so that one sequence still spreads over the GPU (fewer, longer
-        // ones if the partials would not fit the scratch)
-        long long split = 64, per = (long long)ns * heads * (dim + 2);
+        // splits of 256 keys (fewer, longer ones if the partials would not fit the scratch)
+        long long split = 256, per = (long long)ns * heads * (dim + 2);
         while ((maxlen + split - 1) / split * per > (long long)CU_ATT_FLOATS) split *= 2;
         long long nsplit = (maxlen + split - 1) / split;
         if (nsplit > 65535 || per > (long long)CU_ATT_FLOATS)
@@ -431,7 +317,7 @@ int cu_attn_decode(kern_be *be, int64_t n_seq, const float *q, int64_t ldq, cons
         int rc = cu_put_small(c, dkv, host, (size_t)ns * sizeof(cu_kv));
         if (rc) return rc;
         dec_args a = {q + s0 * ldq, dkv, c->att, ldq, heads, heads / kv_heads, dim, split,
-                      nsplit, scale, vec4};
+                      nsplit, scale};
         dim3 grid((unsigned)(ns * heads), (unsigned)nsplit);
         AT_DISPATCH(k_attn_split, grid, 32, decode_smem(dim), c->stream, a, dim);
         CU_LAUNCHED("attn_decode split");
