@@ -44,5 +44,18 @@ ok "bad temperature exit 1" "[ $? -eq 1 ] && grep -q temperature '$work/e5'"
 "$bin" ask --help >/dev/null 2>&1
 ok "--help exit 0" "[ $? -eq 0 ]"
 
+# --device: cpu gives the reference tokens; an unknown device is a usage error; cuda either
+# runs (a GPU is present: the same tokens, f32 on the GPU is exact enough) or fails clearly
+"$bin" ask --model "$work/b" --image "$img" --greedy --max-tokens 32 --json --device cpu "$q" >"$work/cpu.json" 2>/dev/null
+got=$(tr -d ' \n\t' < "$work/cpu.json" | grep -o '"tokens":\[[0-9,]*\]' | head -1 | tr -dc '0-9,')
+ok "--device cpu: 32 greedy tokens = PyTorch reference" "[ -n '$want' ] && [ '$got' = '$want' ]"
+"$bin" ask --model "$work/b" --image "$img" --device tpu "$q" >/dev/null 2>&1
+ok "--device tpu exit 2" "[ $? -eq 2 ]"
+"$bin" ask --model "$work/b" --image "$img" --greedy --max-tokens 32 --json --device cuda "$q" >"$work/gpu.json" 2>"$work/e6"
+rc=$?
+got=$(tr -d ' \n\t' < "$work/gpu.json" | grep -o '"tokens":\[[0-9,]*\]' | head -1 | tr -dc '0-9,')
+ok "--device cuda: reference tokens on a GPU, else exit 1 naming CUDA" \
+  "{ [ $rc -eq 0 ] && [ '$got' = '$want' ]; } || { [ $rc -eq 1 ] && grep -qi cuda '$work/e6'; }"
+
 echo "cli ask: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
