@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 
 # Build tools, the libraries of DESIGN.md §6, and for the integration tests redis-server plus
 # curl and jq (the tests talk to the gateway the way a user would), and docker-compose (only
-# `docker-compose config` runs, offline: the deployment test checks the compose file).
+# `docker-compose config` runs, offline: the deployment test checks the compose file), and
+# chromium (headless: the web page's test uploads an image and reads the streamed answer).
 PACKAGES=(build-essential cmake pkg-config
           libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libhiredis-dev
           libturbojpeg0-dev libspng-dev libmicrohttpd-dev libcjson-dev libssl-dev libpcre2-dev
-          libcurl4-openssl-dev redis-server curl jq docker-compose)
+          libcurl4-openssl-dev redis-server curl jq docker-compose chromium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
