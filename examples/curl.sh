@@ -7,7 +7,7 @@
 set -eu
 url=${TINYVLM_URL:-http://127.0.0.1:8080}
 img=${1:-$(dirname "$0")/sample.png}
-question=${2:-What colour is the circle?}
+question=${2:-[vqa] What colour is the circle?}
 case $img in *.png | *.PNG) mime=image/png ;; *) mime=image/jpeg ;; esac
 auth=()
 [ -n "${TINYVLM_API_KEY:-}" ] && auth=(-H "Authorization: Bearer $TINYVLM_API_KEY")

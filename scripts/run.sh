@@ -30,7 +30,7 @@ for _ in $(seq 1 600); do
 done
 grep "tinyvlm serving" "$log" || { echo "run: serve did not become ready in 60 s:"; cat "$log"; exit 1; }
 
-question="What colour is the circle?"
+question="[vqa] What colour is the circle?"
 echo
 echo "\$ examples/curl.sh examples/sample.png \"$question\""
 answer=$(TINYVLM_URL=$url examples/curl.sh examples/sample.png "$question")
