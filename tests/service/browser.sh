@@ -60,7 +60,7 @@ start_serve() {  # start_serve BUNDLE [FLAGS]; sets url and spid
 if [ -n "${TV_BROWSER_MODEL:-}" ]; then
   B=$TV_BROWSER_MODEL
   img=${TV_BROWSER_IMAGE:-$src/examples/sample.png}
-  q=${TV_BROWSER_QUESTION:-What colour is the circle?}
+  q=${TV_BROWSER_QUESTION:-[caption] Describe this image.}
   ntok=${TV_BROWSER_MAX_TOKENS:-48}
 else
   B=$work/b
