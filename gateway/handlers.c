@@ -90,6 +90,7 @@ typedef struct {
     char id[40], model[GW_NAME_MAX];
     long long created;
     int include_usage, first_seen, ended;
+    double next_gone_check;     /* when h_next next asks whether the client is still there */
     uint32_t prompt_tokens, completion_tokens;
     struct MHD_Connection *conn;
     gw_sb out;                  /* SSE bytes not yet handed to MHD */
@@ -111,6 +112,12 @@ static const msg *h_next(h_chat *s, int *final, gw_error *e) {
         double until = gw_now() + H_SLICE_S;
         if (until > s->deadline + H_SLACK_S) until = s->deadline + H_SLACK_S;
         const msg *m = gw_box_wait(s->box, s->idx, until, final);
+        if (m && s->conn && gw_now() >= s->next_gone_check) {
+            /* also while tokens keep coming: a JSON answer writes nothing until the end, and a
+             * stream of held-back (empty) chunks neither, so a write error would never tell */
+            s->next_gone_check = gw_now() + H_SLICE_S;
+            if (gw_client_gone(s->conn)) m = NULL;
+        }
         if (m) {
             s->idx++;
             return m;
@@ -279,6 +286,8 @@ static int h_start(gw *g, struct MHD_Connection *c, const gw_chat_req *q, const 
             return 0;
         }
         if (first) gw_error_from_msg(first, e);
+        else gw_cancel(g, s->job); /* client gone, timeout or shutdown before the first token: the
+                                    * worker must free the slot (h_chat_free no longer sees the box) */
         gw_box_unref(s->box);
         s->box = NULL;
         if (!first || strcmp(e->code, "embedding_unavailable") != 0) return -1;
