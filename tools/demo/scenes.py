@@ -242,14 +242,16 @@ def sample_qa(scene: Scene, rng: random.Random):
             return kind, qa[0], qa[1]
 
 
-def heldout_items(n: int, first: int = 0):
-    """The held-out evaluation set: item i is scene HELDOUT_BASE + first + i with one question
-    drawn from the seed too. Returns dicts {seed, kind, question, answer}."""
+def heldout_items(n: int, first: int = 0, per_scene: int = 1):
+    """Held-out questions: item i asks about scene HELDOUT_BASE + first + i // per_scene; its
+    question is drawn from the scene seed too (the first question of a scene does not depend on
+    per_scene). Returns dicts {seed, kind, question, answer}."""
     items = []
-    for i in range(first, first + n):
-        seed = scene_seed("heldout", i)
+    for i in range(n):
+        seed = scene_seed("heldout", first + i // per_scene)
         scene = make_scene(seed)
-        kind, q, a = sample_qa(scene, random.Random(seed * 7 + 1))
+        j = i % per_scene
+        kind, q, a = sample_qa(scene, random.Random(seed * 7 + 1 + 1_000_003 * j))
         items.append({"seed": seed, "kind": kind, "question": q, "answer": a})
     return items
 

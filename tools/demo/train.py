@@ -11,10 +11,15 @@ Stages (as the TinyGPT-V paper's, with a stage 0 because no pretrained weights e
   2  LoRA (query_key_value, dense; A random, B zero) + the norm weights (input, q/k, post,
      final) + the projections (TinyGPT-V stages 2-4). Saved as TinyGPT-V_for_Stage4.pth.
 
-Seeded: the same command on the same kind of machine gives the same files.
+Seeded: on the CPU the same command gives the same files; on a GPU, reruns differ in the last
+bits (cuDNN/cuBLAS reductions) and so land on slightly different weights of the same accuracy.
 
-    nice -n 10 python3 tools/demo/train.py --out build/demo          # CPU, about 25 minutes
-    python3 tools/demo/train.py --out build/demo --device cuda        # a GPU: about 2 minutes
+    python3 tools/demo/train.py --out build/demo --device cuda --workers 14   # H100: 4.5 minutes
+    nice -n 10 python3 tools/demo/train.py --out build/demo                   # CPU: see README
+
+The committed models/demo was made with the first line (tools/demo/train-h100.log). On the
+shared 2-core development machine one step takes 7-14 s, so the 7600 steps take about a day:
+this recipe needs a GPU (see tools/demo/README.md).
 """
 from __future__ import annotations
 
