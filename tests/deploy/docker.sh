@@ -59,8 +59,9 @@ else
 fi
 
 # ---- packages --------------------------------------------------------------------------------
+# (test-only tools — redis-server, curl, jq, docker-compose, chromium — are not build needs)
 setup_libs=$(sed -n '/^PACKAGES=(/,/)/p' "$src/scripts/setup.sh" | tr ' ()' '\n\n\n' |
-             grep -E '^[a-z0-9][a-z0-9.+-]+$' | grep -vxE 'PACKAGES|redis-server|curl|jq' | sort -u)
+             grep -E '^[a-z0-9][a-z0-9.+-]+$' | grep -vxE 'PACKAGES|redis-server|curl|jq|docker-compose|chromium' | sort -u)
 ok "setup.sh package list found" "$([ -n "$setup_libs" ] && echo 0 || echo 1)"
 for f in Dockerfile Dockerfile.cuda; do
   have=$(stage_pkgs "$D/$f" build)
