@@ -3,7 +3,9 @@
  * binary still runs on older CPUs (which get the plain-C reference).
  *
  * matmul: small M (decode) streams each weight row once, converting 8 weights at a time to f32
- * in registers and doing dot products with the (few) activation rows. Large M (prefill, the
+ * in registers and doing dot products with the (few) activation rows; q8/q4 rows are widened a
+ * 32-block at a time and scaled once per block; the next rows are software-prefetched (decode is
+ * a stream of short rows the hardware prefetcher ramps up on too late). Large M (prefill, the
  * vision encoder) packs a KC x NC block of W, converted to f32, into 16-column panels in the
  * per-thread scratch, then runs a 6x16 register-tiled FMA micro-kernel over it. */
 #include <stddef.h>
