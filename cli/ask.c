@@ -1,6 +1,7 @@
 /* tinyvlm ask — one process, one answer: bundle + image + question -> streamed answer.
- * The same path the service takes (preprocess, vision encode, prompt splice, Phi-2 prefill and
- * decode, sampler, stop tokens and strings), without the network in between. */
+ * The same path the service takes (preprocess, vision encode, prompt splice, then the LM worker's
+ * scheduler with one slot: Phi-2 prefill and decode, sampler, stop tokens and strings, the
+ * bundle's defaults for unset flags), without the network in between. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,7 +19,7 @@
 #include "phi.h"
 #include "prompt.h"
 #include "sampler.h"
-#include "stopper.h"
+#include "sched.h"
 #include "tokenizer.h"
 #include "vision.h"
 
@@ -27,7 +28,7 @@
 typedef struct {
     const char *model, *image, *question;
     sampler_params sp;
-    int max_tokens;   /* 0: the manifest default */
+    int max_tokens;   /* 0: the manifest default (sched_defaults) */
     int threads;
     const char *device;      /* "cpu" | "cuda" | "auto" */
     int json;
@@ -44,7 +45,7 @@ typedef struct {             /* everything ask loads; ask_free releases it */
 typedef struct {
     int32_t *tokens;
     int n_tokens, prompt_rows;
-    const char *finish;      /* "stop" or "length" */
+    char finish[16];         /* "stop" or "length" */
     char *text;              /* the answer as printed (after stop-string cutting) */
     size_t text_len;
     double load_s, vision_s, prefill_s, decode_s;
@@ -162,12 +163,6 @@ static int ask_encode_image(ask_engine *e, const char *path, float *emb) {
     return rc;
 }
 
-static int is_stop_token(const manifest *mf, int32_t t) {
-    for (int i = 0; i < mf->chat.n_stop_token_ids; i++)
-        if (mf->chat.stop_token_ids[i] == t) return 1;
-    return 0;
-}
-
 static void ask_emit(ask_result *r, const char *s, size_t n, int stream) {
     if (!n) return;
     r->text = tv_xrealloc(r->text, r->text_len + n + 1);
@@ -180,85 +175,59 @@ static void ask_emit(ask_result *r, const char *s, size_t n, int stream) {
     }
 }
 
-/* Passes one token's text through the UTF-8 stream decoder and the stop strings; returns 1 when
- * a stop string ended the answer. */
-static int ask_text(tok_stream *ts, stopper *st, int32_t t, ask_result *r, int stream) {
-    const char *piece = "", *out;
-    size_t n = 0, on;
-    if (t >= 0 && tok_stream_push(ts, t, &piece, &n) != 0) n = 0; /* padding row: no text */
-    int stopped = stopper_push(st, piece, n, &out, &on);
-    ask_emit(r, out, on, stream);
-    return stopped;
+typedef struct {             /* what the scheduler's callbacks write into */
+    ask_result *r;
+    int stream, cap, done;   /* cap: r->tokens' size */
+    double prefill_end;
+} ask_sink;
+
+/* sched's event callback: one sampled token and its text delta; the last one has finish set. */
+static void ask_on_event(void *user, const sched_event *ev) {
+    ask_sink *k = user;
+    for (int i = 0; i < ev->n_tokens && k->r->n_tokens < k->cap; i++)
+        k->r->tokens[k->r->n_tokens++] = ev->tokens[i];
+    ask_emit(k->r, ev->text, ev->text_len, k->stream);
+    if (ev->finish) snprintf(k->r->finish, sizeof k->r->finish, "%s", ev->finish);
+    if (ev->finish || ev->error) k->done = 1;
 }
 
-/* Prefill the prompt, then sample until a stop token, a stop string, max_tokens or the context
- * is full. */
-static int ask_generate(ask_engine *e, const ask_opts *o, const float *image, ask_result *r) {
-    const manifest *mf = e->mf;
-    int V = phi_get_config(e->lm)->vocab, d = phi_get_config(e->lm)->width;
-    int max_new = o->max_tokens ? o->max_tokens : mf->chat.defaults.max_new_tokens;
-    sampler_params sp = o->sp;
-    const manifest_sampling *def = &mf->chat.defaults;
-    if (isnan(sp.temperature)) sp.temperature = def->temperature;
-    if (isnan(sp.top_p)) sp.top_p = def->top_p;
-    if (sp.top_k < 0) sp.top_k = def->top_k;
-    /* --greedy is plain argmax (the benchmark setting) unless a penalty is asked for. */
-    if (isnan(sp.repetition_penalty)) sp.repetition_penalty = sp.greedy ? 1.0f : def->repetition_penalty;
-    if (sp.temperature == 0) sp.greedy = 1;
-
-    prompt_ids p = {0};
-    sampler *smp = NULL;
-    stopper *st = NULL;
-    tok_stream *ts = NULL;
-    float *emb = NULL, *logits = tv_xmalloc(sizeof(float) * (size_t)V);
-    int rc = prompt_first(mf, e->tok, o->question, &p);
-    if (!rc) rc = sampler_new(V, &sp, &smp);
-    if (!rc) rc = stopper_new((const char *const *)mf->chat.stop_strings, mf->chat.n_stop_strings, &st);
-    if (!rc && !(ts = tok_stream_new(e->tok, TOK_SKIP_SPECIAL)))
-        rc = err_set(TV_EINTERNAL, "cannot create the token stream");
-    int64_t rows = rc ? 0 : prompt_rows(&p, vision_tokens(e->vm));
-    if (!rc && (rows < 1 || rows > phi_max_context(e->lm)))
-        rc = err_set(TV_ELIMIT, "the prompt is %lld positions; the model's context is %d",
-                     (long long)rows, phi_max_context(e->lm));
-    if (!rc) {
-        emb = tv_xmalloc(sizeof(float) * (size_t)rows * d);
-        rc = prompt_embed(e->lm, &p, image, vision_tokens(e->vm), emb, rows);
-    }
+/* sched's prefill runner: times the prefill alone, as --json reports it. */
+static int ask_time_prefill(void *ctx, int (*fn)(void *arg), void *arg) {
+    ask_sink *k = ctx;
     double t0 = ask_now();
-    if (!rc) rc = phi_prefill(e->lm, 0, emb, (int)rows, 0, logits);
-    r->prompt_rows = (int)rows;
-    r->prefill_s = ask_now() - t0;
-    t0 = ask_now();
-    r->tokens = tv_xmalloc(sizeof(int32_t) * (size_t)(max_new + 1));
-    r->finish = "length";
-    int stream = !o->json;
-    while (!rc && r->n_tokens < max_new) {
-        int32_t t = sampler_next(smp, logits, r->tokens, r->n_tokens);
-        r->tokens[r->n_tokens++] = t;
-        if (is_stop_token(mf, t) || ask_text(ts, st, t, r, stream)) {
-            r->finish = "stop";
-            break;
-        }
-        if (r->n_tokens == max_new || phi_seq_len(e->lm, 0) >= phi_max_context(e->lm)) break;
-        rc = phi_decode(e->lm, 1, (int[]){0}, &t, logits);
+    int rc = fn(arg);
+    k->prefill_end = ask_now();
+    k->r->prefill_s = k->prefill_end - t0;
+    return rc;
+}
+
+/* Admits the question as the only sequence of a one-slot scheduler, then steps it until it ends
+ * (stop token or string, max_tokens, or the context is full). The sampling defaults and the stop
+ * rules are sched's: the same as the service's. */
+static int ask_generate(ask_engine *e, const ask_opts *o, const float *image, ask_result *r) {
+    sched_req req = {.sp = o->sp, .max_tokens = o->max_tokens};
+    sched_defaults(e->mf, &req.sp, &req.max_tokens);
+    /* a sequence ends at the context's end, whatever --max-tokens says */
+    int cap = req.max_tokens < phi_max_context(e->lm) ? req.max_tokens : phi_max_context(e->lm);
+    ask_sink k = {.r = r, .stream = !o->json, .cap = cap > 0 ? cap : 1};
+    prompt_ids p = {0};
+    sched *s = NULL;
+    int rc = prompt_first(e->mf, e->tok, o->question, &p);
+    if (!rc) rc = sched_new(e->lm, e->mf, e->tok, vision_tokens(e->vm), ask_on_event, &k, &s);
+    if (!rc) {
+        sched_set_runner(s, ask_time_prefill, &k);
+        r->tokens = tv_xmalloc(sizeof(int32_t) * (size_t)k.cap);
+        req.prompt = &p, req.images = image;
+        r->prompt_rows = (int)prompt_rows(&p, vision_tokens(e->vm));
+        rc = sched_admit(s, &req, 0);
     }
-    if (!rc) { /* the held-back tail: an unfinished UTF-8 character or stop-string prefix */
-        const char *tail, *out;
-        size_t n, on;
-        tok_stream_flush(ts, &tail, &n);
-        if (!stopper_push(st, tail, n, &out, &on)) {
-            ask_emit(r, out, on, stream);
-            stopper_flush(st, &out, &on);
-        }
-        ask_emit(r, out, on, stream);
+    while (!rc && !k.done) {
+        int n = sched_step(s, 0);
+        if (n < 0) rc = n;
     }
-    r->decode_s = ask_now() - t0;
-    tok_stream_free(ts);
-    stopper_free(st);
-    sampler_free(smp);
+    if (!rc) r->decode_s = ask_now() - k.prefill_end;
+    sched_free(s);
     prompt_ids_free(&p);
-    free(emb);
-    free(logits);
     return rc;
 }
 

@@ -109,23 +109,33 @@ int sched_active(const sched *s) {
 
 void sched_get_stats(const sched *s, sched_stats *st) { *st = s->stats; }
 
+void sched_defaults(const manifest *mf, sampler_params *sp, int *max_tokens) {
+    const manifest_sampling *def = &mf->chat.defaults;
+    if (isnan(sp->temperature))
+        sp->temperature = def->temperature;
+    if (isnan(sp->top_p))
+        sp->top_p = def->top_p;
+    if (sp->top_k < 0)
+        sp->top_k = def->top_k;
+    if (isnan(sp->repetition_penalty))
+        sp->repetition_penalty = sp->greedy ? 1.0f : def->repetition_penalty;
+    if (sp->temperature == 0)
+        sp->greedy = 1;
+    if (*max_tokens == 0)
+        *max_tokens = def->max_new_tokens;
+}
+
 void sched_sampling(const manifest *mf, const msg_sampling *in, sampler_params *sp,
                     int *max_tokens) {
-    const manifest_sampling *def = &mf->chat.defaults;
     memset(sp, 0, sizeof *sp);
     sp->greedy = in->temperature == 0;
-    sp->temperature = in->temperature < 0 || isnan(in->temperature) ? def->temperature
-                                                                    : in->temperature;
-    if (sp->temperature == 0) /* a bundle whose default is greedy */
-        sp->greedy = 1;
-    sp->top_p = in->top_p > 0 ? in->top_p : def->top_p;
+    sp->temperature = in->temperature < 0 ? NAN : in->temperature; /* NAN stays NAN */
+    sp->top_p = in->top_p > 0 ? in->top_p : NAN;
     sp->top_k = (int)(in->top_k > (uint32_t)1 << 30 ? 1u << 30 : in->top_k);
-    sp->repetition_penalty = in->repetition_penalty > 0 ? in->repetition_penalty
-                             : sp->greedy               ? 1.0f
-                                                        : def->repetition_penalty;
+    sp->repetition_penalty = in->repetition_penalty > 0 ? in->repetition_penalty : NAN;
     sp->seed = in->has_seed ? in->seed : 0;
-    *max_tokens = in->max_tokens ? (int)(in->max_tokens > 1u << 30 ? 1u << 30 : in->max_tokens)
-                                 : def->max_new_tokens;
+    *max_tokens = (int)(in->max_tokens > 1u << 30 ? 1u << 30 : in->max_tokens);
+    sched_defaults(mf, sp, max_tokens);
 }
 
 /* ---- events ---------------------------------------------------------------------------------- */

@@ -3,16 +3,17 @@
  * sequence's own sampler, stop strings and UTF-8 stream decoder. No sockets: results come out
  * through a callback, so tests drive it directly.
  *
- * Per sequence, the sampling and stop rules are exactly `tinyvlm ask`'s (cli/ask.c): after the
- * prefill and after every decode step, sample a token (repetition penalty over the tokens
- * generated so far); a stop token id or a stop string ends it with "stop" (the text is cut
+ * Per sequence, these are the one place the sampling and stop rules live (`tinyvlm ask` runs its
+ * single sequence through a one-slot sched too): after the prefill and after every decode step,
+ * sample a token (repetition penalty over the tokens generated so far); a stop token id or a stop string ends it with "stop" (the text is cut
  * before the stop string; a stop token adds no text); otherwise reaching max_tokens or the
  * context's last position ends it with "length". At the end the held-back text (an unfinished
  * UTF-8 character, a stop-string prefix that never completed) is flushed into the last event.
  * Cancel ends a sequence with "cancelled", a passed deadline with "deadline".
  *
  * Memory: slot state (token buffers, logits, the prefill embedding scratch) is allocated once in
- * sched_new; admission allocates the sequence's sampler and stopper. One thread at a time. */
+ * sched_new (the prefill embedding scratch is the whole context's, [max_context, width]);
+ * admission allocates the sequence's sampler and stopper. One thread at a time. */
 #ifndef TV_SCHED_H
 #define TV_SCHED_H
 
@@ -82,10 +83,20 @@ void sched_free(sched *s);
 int sched_capacity(const sched *s);
 int sched_active(const sched *s);
 
-/* The wire's sampling fields -> sampler params and max_tokens, with the bundle's defaults for
- * unset fields (as `tinyvlm ask`): temperature 0 = greedy, < 0 = default; top_p <= 0 = default;
- * top_k as given; repetition_penalty <= 0 = default (1 when greedy); max_tokens 0 = default;
- * seed 0 unless has_seed. Never fails (sampler_new validates later). */
+/* Fills the unset fields of *sp and *max_tokens with the bundle's defaults — the one rule both
+ * `tinyvlm ask`'s flags and the wire's fields go through. Unset is: temperature NAN, top_p NAN,
+ * top_k < 0, repetition_penalty NAN, *max_tokens 0. sp->greedy on input means argmax was asked
+ * for explicitly (ask's --greedy, the wire's temperature 0): then an unset repetition penalty is
+ * 1 (plain argmax, the benchmark setting) instead of the bundle's. A temperature of 0, given or
+ * the bundle's, also means greedy (after the penalty rule: a bundle whose default is greedy keeps
+ * its penalty, as HF generate does). Values that are set are kept as given; sampler_new
+ * validates them later. Never fails. */
+void sched_defaults(const manifest *mf, sampler_params *sp, int *max_tokens);
+
+/* The wire's sampling fields -> sampler params and max_tokens through sched_defaults: temperature
+ * 0 = greedy (explicit), < 0 or NAN = unset; top_p <= 0 = unset; top_k as given (0 = off, never
+ * unset: the wire cannot tell them apart); repetition_penalty <= 0 = unset; max_tokens 0 = unset
+ * (clamped to 2^30); seed 0 unless has_seed. Never fails. */
 void sched_sampling(const manifest *mf, const msg_sampling *in, sampler_params *sp,
                     int *max_tokens);
 

@@ -4,6 +4,7 @@
  * two sequences interleaved (admitted at different steps) give the same tokens as each alone;
  * admission limits, cancel, deadlines, max_tokens, stop tokens and request stop strings. */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -328,6 +329,40 @@ static void test_sampling_defaults(tiny *t) {
           sp.repetition_penalty == 1.2f);
 }
 
+/* sched_defaults, the rule `tinyvlm ask`'s flags go through: unset fields take the bundle's
+ * values; only an explicit greedy drops the default penalty to 1. */
+static void test_ask_defaults(tiny *t) {
+    manifest m = *t->mf; /* shallow copy: only the scalar defaults are changed */
+    manifest_sampling *def = &m.chat.defaults;
+    def->top_k = 7, def->repetition_penalty = 1.25f, def->temperature = 0.6f;
+    sampler_params unset = {.temperature = NAN, .top_p = NAN, .top_k = -1,
+                            .repetition_penalty = NAN, .seed = 5};
+    sampler_params sp = unset;
+    int mt = 0;
+    sched_defaults(&m, &sp, &mt);
+    CHECK(!sp.greedy && sp.temperature == 0.6f && sp.top_p == def->top_p && sp.top_k == 7 &&
+          sp.repetition_penalty == 1.25f && sp.seed == 5 && mt == def->max_new_tokens);
+    sp = unset, sp.greedy = 1, mt = 9; /* --greedy --max-tokens 9 */
+    sched_defaults(&m, &sp, &mt);
+    CHECK(sp.greedy && sp.repetition_penalty == 1.0f && sp.top_k == 7 && mt == 9);
+    sp = unset, sp.greedy = 1, sp.repetition_penalty = 1.5f, mt = 0; /* a penalty asked for */
+    sched_defaults(&m, &sp, &mt);
+    CHECK(sp.greedy && sp.repetition_penalty == 1.5f);
+    sp = unset, sp.temperature = 0, sp.top_k = 0; /* --temperature 0 --top-k 0 */
+    sched_defaults(&m, &sp, &mt);
+    CHECK(sp.greedy && sp.repetition_penalty == 1.25f && sp.top_k == 0);
+    def->temperature = 0; /* a bundle whose default is greedy keeps its penalty */
+    sp = unset;
+    sched_defaults(&m, &sp, &mt);
+    CHECK(sp.greedy && sp.repetition_penalty == 1.25f);
+    msg_sampling in = {.temperature = -1};
+    sched_sampling(&m, &in, &sp, &mt); /* the wire: the same rule */
+    CHECK(sp.greedy && sp.repetition_penalty == 1.25f && sp.top_k == 0);
+    in.temperature = 0;
+    sched_sampling(&m, &in, &sp, &mt);
+    CHECK(sp.greedy && sp.repetition_penalty == 1.0f);
+}
+
 int main(void) {
     kern_be *be = NULL;
     CHECK_OK(kern_cpu_new(2, KERN_ISA_AUTO, &be));
@@ -339,6 +374,7 @@ int main(void) {
             test_greedy(&t);
             test_finish_rules(&t);
             test_sampling_defaults(&t);
+            test_ask_defaults(&t);
         }
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
