@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The committed demo bundle (models/demo) answers questions about the shipped sample images
 # correctly with greedy decoding: the answers are the scenes' true ones (the scenes are drawn by
-# tools/demo/scenes.py; see tools/demo/README.md), not a record of earlier output.
+# tools/demo/examples.py; see tools/demo/README.md), not a record of earlier output. Then 40
+# held-out questions of tests/data/demo get the PyTorch reference's greedy answers.
 # $1 = the binary, $2 = the source tree.
 set -u
 bin=$1; src=$2
@@ -39,6 +40,20 @@ expect four-shapes.png "[identify] what is this {<78><2><97><21>}" "cyan star"
 # noisy.jpg (224x224 JPEG): a big blue cross and a small yellow square
 expect noisy.jpg "[vqa] Is the yellow square on the left or on the right?" "right"
 expect noisy.jpg "[vqa] Is there a blue square in the image?" "no"
+
+# the first 40 held-out questions of tests/data/demo (written by tools/demo/eval.py): tinyvlm's
+# greedy answers equal the PyTorch reference's on the original-format files
+D=$src/tests/data/demo
+n=0
+while IFS= read -r line; do
+  f=$(printf '%s' "$line" | sed -n 's/.*"file": "\([^"]*\)".*/\1/p')
+  q=$(printf '%s' "$line" | sed -n 's/.*"question": "\([^"]*\)".*/\1/p')
+  a=$(printf '%s' "$line" | sed -n 's/.*"pytorch": "\([^"]*\)".*/\1/p')
+  [ -n "$f" ] && [ -n "$q" ] && [ -n "$a" ] || continue
+  E=$D expect "$f" "$q" "$a"
+  n=$((n + 1)); [ $n -ge 40 ] && break
+done < "$D/items.json"
+[ $n -eq 40 ] || { fail=$((fail + 1)); echo "FAIL read 40 items from $D/items.json (got $n)"; }
 
 echo "cli demo: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
