@@ -10,8 +10,9 @@ tools/demo/scenes.py, one question each; images are written as 112 px PNGs (the 
 size, so the resize in the preprocessing is the identity on both sides).
 
     python3 tools/demo/eval.py --orig build/demo --bundle models/demo --tinyvlm build/tinyvlm
-    python3 tools/demo/eval.py ... --testdata tests/data/demo --n-test 200   # also writes the
-        # first 200 items with PyTorch's answers for the end-to-end service test
+    python3 tools/demo/eval.py ... --testdata tests/data/demo --n-test 200
+        # also writes 200 held-out questions (two per scene, 100 images) with PyTorch's greedy
+        # answers for the end-to-end service test
 """
 from __future__ import annotations
 
