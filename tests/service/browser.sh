@@ -123,6 +123,29 @@ ask_page() {
     [ "$(js '!document.getElementById("ask").disabled')" = true ] && break; sleep 0.1
   done
   # count the answer's updates: a streamed answer grows piece by piece, not in one go
+  # The tiny model streams its whole answer in ~50 ms, so on a busy machine the browser may read
+  # every SSE event in one network read. The test therefore wraps fetch so the page's reader gets
+  # one event per read, 20 ms apart (a slow network, deterministic): a page that renders piece
+  # by piece then shows one update per piece, one that waits for the end shows one.
+  js "if (!window.tvSlowFetch) { window.tvSlowFetch = 1; const real = window.fetch;
+        window.fetch = async (...args) => {
+          const r = await real(...args);
+          if (!r.body) return r;
+          const rd = r.body.getReader(), enc = new TextEncoder(), dec = new TextDecoder();
+          let buf = '';
+          const body = new ReadableStream({ async pull(ctrl) {
+            while (buf.indexOf('\\n\\n') < 0) {
+              const x = await rd.read();
+              if (x.done) { if (buf) ctrl.enqueue(enc.encode(buf)); buf = ''; ctrl.close(); return; }
+              buf += dec.decode(x.value, {stream: true});
+            }
+            const i = buf.indexOf('\\n\\n') + 2, ev = buf.slice(0, i);
+            buf = buf.slice(i);
+            await new Promise(res => setTimeout(res, 20));
+            ctrl.enqueue(enc.encode(ev));
+          }});
+          return new Response(body, {status: r.status, statusText: r.statusText, headers: r.headers});
+        }; } 1" >/dev/null
   js "window.tvUpdates = 0; new MutationObserver(() => window.tvUpdates++).observe(
         document.getElementById('answer'), {childList: true, characterData: true, subtree: true});
       document.getElementById('question').value = $(jq -cn --arg q "$2" '$q');
