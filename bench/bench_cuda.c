@@ -14,20 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "dtype.h"
 #include "err.h"
 #include "manifest.h"
 #include "ops.h"
 #include "phi.h"
 #include "vision.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static uint64_t rng = 42;
 static float rnd(void) {   /* U(-0.5, 0.5) */
@@ -64,10 +58,10 @@ static double bandwidth(kern_be *be) {
     kern_sync(be);
     double best = 1e30;
     for (int r = 0; r < 5; r++) {
-        double t = now();
+        double t = clk_now_s();
         for (int i = 0; i < 10; i++) kern_copy(be, i % 2 ? a : b, i % 2 ? b : a, bytes);
         kern_sync(be);
-        t = (now() - t) / 10;
+        t = (clk_now_s() - t) / 10;
         if (t < best) best = t;
     }
     kern_release(be, a);
@@ -198,9 +192,9 @@ static void bench_vision(kern_be *be, manifest *m, int quick) {
             vision_encode(vm, px, B, emb);   /* warm-up */
             double best = 1e30;
             for (int r = 0; r < reps; r++) {
-                double t = now();
+                double t = clk_now_s();
                 if (vision_encode(vm, px, B, emb) < 0) fprintf(stderr, "%s\n", err_msg());
-                t = now() - t;
+                t = clk_now_s() - t;
                 if (t < best) best = t;
             }
             printf("vision ViT-g %dpx f16 batch %2d: %.2f ms/batch, %.1f images/s (best of %d)\n",
@@ -275,10 +269,10 @@ static double decode_rate(phi_model *pm, int n, int steps, float *emb, float *lo
         if (phi_prefill(pm, s, emb, 64, 0, logits) < 0) fprintf(stderr, "%s\n", err_msg());
     }
     phi_decode(pm, n, slots, toks, logits);   /* warm-up */
-    double t = now();
+    double t = clk_now_s();
     for (int k = 0; k < steps; k++)
         if (phi_decode(pm, n, slots, toks, logits) < 0) fprintf(stderr, "%s\n", err_msg());
-    return (double)n * steps / (now() - t);
+    return (double)n * steps / (clk_now_s() - t);
 }
 
 static void bench_phi(kern_be *be, manifest *m, double bw, int quick) {
@@ -311,10 +305,10 @@ static void bench_phi(kern_be *be, manifest *m, double bw, int quick) {
         double r32 = decode_rate(pm, 32, steps / 2, emb, logits);
         printf("Phi-2 f16 decode aggregate: 8 seqs %.1f tok/s (%.1fx b1), 32 seqs %.1f tok/s "
                "(%.1fx b1)\n", r8, r8 / r1, r32, r32 / r1);
-        double t = now();
+        double t = clk_now_s();
         phi_reset(pm, 0);
         phi_prefill(pm, 0, emb, 64, 0, logits);
-        printf("Phi-2 f16 prefill 64 tokens: %.1f ms\n", (now() - t) * 1e3);
+        printf("Phi-2 f16 prefill 64 tokens: %.1f ms\n", (clk_now_s() - t) * 1e3);
         phi_free(pm);
     }
     for (int i = 0; i < pb.nb; i++) free(pb.bufs[i]);
@@ -328,10 +322,10 @@ static void bench_phi(kern_be *be, manifest *m, double bw, int quick) {
 static double op_us(kern_be *be, int reps, int (*fn)(kern_be *, void *), void *ctx) {
     fn(be, ctx);
     kern_sync(be);
-    double t = now();
+    double t = clk_now_s();
     for (int i = 0; i < reps; i++) fn(be, ctx);
     kern_sync(be);
-    return (now() - t) / reps * 1e6;
+    return (clk_now_s() - t) / reps * 1e6;
 }
 
 typedef struct {

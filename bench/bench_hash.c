@@ -4,15 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "hash.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv) {
     size_t mib = argc > 1 ? (size_t)atol(argv[1]) : 64;
@@ -23,16 +17,16 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n; i++) buf[i] = (unsigned char)(i * 2654435761u >> 24);
     memcpy(dst, buf, n); /* fault pages in */
     uint8_t d[32];
-    double t0 = now_s();
+    double t0 = clk_now_s();
     for (int r = 0; r < reps; r++)
         if (hash_sha256(buf, n, d)) return 1;
-    double th = now_s() - t0;
-    t0 = now_s();
+    double th = clk_now_s() - t0;
+    t0 = clk_now_s();
     for (int r = 0; r < reps; r++) {
         buf[r] ^= 1;
         memcpy(dst, buf, n);
     }
-    double tm = now_s() - t0;
+    double tm = clk_now_s() - t0;
     double gb = (double)n * reps / 1e9;
     printf("sha256: %.2f GB/s (%zu MiB x %d reps, %.2f s) vs memcpy %.2f GB/s: ratio %.3f\n",
            gb / th, mib, reps, th, gb / tm, tm / th);

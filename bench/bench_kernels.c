@@ -8,20 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "cpu_features.h"
 #include "dtype.h"
 #include "err.h"
 #include "ops.h"
 #include "pool.h"
 #include "quant.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- bandwidth: each task sums a 1 MiB slice ------------------------------------------------ */
 
@@ -53,9 +47,9 @@ static double bench_bandwidth(pool *p) {
     bw_job j = {buf, part};
     double best = 1e30;
     for (int rep = 0; rep < 5; rep++) {
-        double t = now();
+        double t = clk_now_s();
         pool_run(p, tasks, bw_task_avx, &j);
-        t = now() - t;
+        t = clk_now_s() - t;
         if (t < best) best = t;
     }
     double sink = 0;
@@ -98,9 +92,9 @@ __attribute__((target("avx2,fma"))) static void fma_task(void *ctx, int64_t task
 static double bench_fma(pool *p) {
     int n = pool_n_threads(p);
     float sink[1024];
-    double t = now();
+    double t = clk_now_s();
     pool_run(p, n, fma_task, sink);
-    t = now() - t;
+    t = clk_now_s() - t;
     double gf = (double)n * FMA_ITERS * 12 * 16 / t / 1e9;
     printf("FMA peak: %.1f GFLOP/s (register-only ymm FMA, 12 chains per thread, %d threads)\n", gf, n);
     return gf;
@@ -125,9 +119,9 @@ static void bench_gemm(kern_be *be, double peak) {
     kern_matmul(be, x, m, &kw, b, y);
     double best = 1e30;
     for (int rep = 0; rep < 5; rep++) {
-        double t = now();
+        double t = clk_now_s();
         if (kern_matmul(be, x, m, &kw, b, y)) { fprintf(stderr, "%s\n", err_msg()); exit(1); }
-        t = now() - t;
+        t = clk_now_s() - t;
         if (t < best) best = t;
     }
     double gf = 2.0 * m * n * k / best / 1e9;
@@ -160,9 +154,9 @@ static void bench_matvec(kern_be *be, kern_wtype t, double bw) {
     }
     double best = 1e30;
     for (int rep = 0; rep < 5 * COPIES; rep++) {
-        double tm = now();
+        double tm = clk_now_s();
         kern_matmul(be, x, 1, &ws[rep % COPIES], NULL, y);
-        tm = now() - tm;
+        tm = clk_now_s() - tm;
         if (rep >= COPIES && tm < best) best = tm;
     }
     double gbs = (double)bytes / best / 1e9;

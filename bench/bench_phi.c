@@ -11,9 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "dtype.h"
 #include "err.h"
 #include "ops.h"
@@ -25,12 +25,6 @@
 #define H_ 32
 #define F_ 10240
 #define V_ 51200
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static uint64_t rng = 0x1234567887654321ull;
 static uint64_t next(void) {
@@ -72,9 +66,9 @@ static double bandwidth(int threads) {
     bw_ctx c = {buf, part};
     double best = 1e30;
     for (int r = 0; r < 5; r++) {
-        double t = now();
+        double t = clk_now_s();
         pool_run(p, tasks, bw_task, &c);
-        t = now() - t;
+        t = clk_now_s() - t;
         best = t < best ? t : best;
     }
     uint64_t sum = 0;
@@ -174,7 +168,7 @@ static void run_type(kern_be *be, kern_wtype t, int T, int steps, double bw) {
         return;
     }
     arena a = {0};
-    double t0 = now();
+    double t0 = clk_now_s();
     phi_layer_weights layers[L_];
     for (int l = 0; l < L_; l++) {
         phi_layer_weights *Lw = &layers[l];
@@ -203,7 +197,7 @@ static void run_type(kern_be *be, kern_wtype t, int T, int steps, double bw) {
                     .vocab = V_, .rotary_dims = 32, .rope_theta = 10000.0f, .ln_eps = 1e-5f,
                     .rms_eps = 1e-6f, .qk_layernorm = 1, .post_attn_rmsnorm = 1,
                     .lm_head_bias = 1};
-    double t_fill = now() - t0;
+    double t_fill = clk_now_s() - t0;
     phi_model *m = NULL;
     if (phi_new(&c, &w, be, 1, T + steps + 1, &m)) {
         fprintf(stderr, "bench_phi: %s\n", err_msg());
@@ -215,16 +209,16 @@ static void run_type(kern_be *be, kern_wtype t, int T, int steps, double bw) {
         ids[i] = (int32_t)(next() % V_);
     phi_embed_tokens(m, ids, T, emb);
 
-    double tp = now();
+    double tp = clk_now_s();
     int rc = phi_prefill(m, 0, emb, T, 0, logits);
-    tp = now() - tp;
+    tp = clk_now_s() - tp;
     int slot = 0;
     int32_t tok = 1;
     rc |= phi_decode(m, 1, &slot, &tok, logits); /* warm-up step */
-    double td = now();
+    double td = clk_now_s();
     for (int s = 0; s < steps && !rc; s++)
         rc |= phi_decode(m, 1, &slot, &tok, logits);
-    td = (now() - td) / steps;
+    td = (clk_now_s() - td) / steps;
     if (rc)
         fprintf(stderr, "bench_phi: %s\n", err_msg());
     double roof = bw * 1e9 / a.bytes; /* tokens/s if only weight streaming counted */

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "err.h"
 #include "mapfile.h"
 
@@ -53,12 +54,6 @@ typedef struct {          /* what one batch of requests measured */
     double *itl_req;      /* per request: (last token - first token) / (tokens - 1) */
     int n_ttft, n_itl, n_total, n_failed, tokens, n_itl_req;
 } bs_stats;
-
-static double bs_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int bs_cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -125,7 +120,7 @@ static void bs_event(bs_req *q, const char *data, size_t n) {
             cJSON_GetObjectItemCaseSensitive(j, "choices"), 0), "delta"), "content");
     if (cJSON_GetObjectItemCaseSensitive(j, "error")) q->failed = 1;
     if (cJSON_IsString(c) && c->valuestring[0]) {
-        double t = bs_now();
+        double t = clk_now_s();
         if (!q->n_tokens) q->t_first = t;
         else {
             if (q->n_gaps == q->cap_gaps) {
@@ -163,7 +158,7 @@ static void bs_req_start(bs_req *q, CURLM *m, const char *url, struct curl_slist
     free(q->sse);
     CURL *h = q->h;
     memset(q, 0, sizeof *q);
-    q->h = h, q->body = body, q->t0 = bs_now();
+    q->h = h, q->body = body, q->t0 = clk_now_s();
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
@@ -201,7 +196,7 @@ static void bs_run(const char *url, int n, int conc, char *(*body)(int, void *),
     CURLM *m = curl_multi_init();
     bs_req q[BS_MAX_CONC] = {0};
     int next = 0, active = 0;
-    double t0 = bs_now();
+    double t0 = clk_now_s();
     for (int i = 0; i < conc && next < n; i++, active++) {
         q[i].h = curl_easy_init();
         bs_req_start(&q[i], m, url, hdr, body(next++, ud));
@@ -215,7 +210,7 @@ static void bs_run(const char *url, int n, int conc, char *(*body)(int, void *),
             bs_req *r;
             curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
             curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &r->status);
-            r->t_end = bs_now();
+            r->t_end = clk_now_s();
             if (msg->data.result != CURLE_OK) r->failed = 1;
             curl_multi_remove_handle(m, r->h);
             bs_stats_add(s, r);
@@ -224,7 +219,7 @@ static void bs_run(const char *url, int n, int conc, char *(*body)(int, void *),
         }
         curl_multi_poll(m, NULL, 0, 50, NULL);
     }
-    s->wall = bs_now() - t0;
+    s->wall = clk_now_s() - t0;
     for (int i = 0; i < conc && i < n; i++) {
         curl_easy_cleanup(q[i].h);
         free(q[i].body), free(q[i].gaps), free(q[i].sse);

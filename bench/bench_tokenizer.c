@@ -8,17 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "err.h"
 #include "mapfile.h"
 #include "tokenizer.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static uint32_t rd_u32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -77,7 +71,7 @@ int main(int argc, char **argv) {
     }
     size_t bytes = 0, tokens = 0;
     int reps = 0;
-    double t0 = now_s(), el = 0;
+    double t0 = clk_now_s(), el = 0;
     do {
         for (long i = 0; i < n; i++) {
             int32_t *ids;
@@ -91,7 +85,7 @@ int main(int argc, char **argv) {
             free(ids);
         }
         reps++;
-        el = now_s() - t0;
+        el = clk_now_s() - t0;
     } while (el < min_s);
     printf("tokenizer encode: %.2f MB/s (%zu bytes, %zu tokens, %.2f s; %ld strings x %d)\n",
            bytes / el / 1e6, bytes, tokens, el, n, reps);

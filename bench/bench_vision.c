@@ -11,21 +11,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "dtype.h"
 #include "err.h"
 #include "manifest.h"
 #include "ops.h"
 #include "pool.h"
 #include "vision.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- FMA peak: register-only vfmadd chains on every thread ------------------------------- */
 
@@ -59,9 +53,9 @@ static double fma_peak(int threads) {
     float sink[1024];
     double best = 1e30;
     for (int rep = 0; rep < 5; rep++) {
-        double t = now();
+        double t = clk_now_s();
         pool_run(p, threads, fma_task, sink);
-        t = now() - t;
+        t = clk_now_s() - t;
         if (t < best) best = t;
     }
     pool_free(p);
@@ -210,9 +204,9 @@ static int run(kern_be *be, manifest *m, dtype_id dt, double peak) {
     float *px = tv_xmalloc((size_t)3 * S * S * sizeof(float));
     float *emb = tv_xmalloc((size_t)vision_tokens(vm) * vision_dim(vm) * sizeof(float));
     for (int64_t i = 0; i < (int64_t)3 * S * S; i++) px[i] = 4 * rnd(&bm);
-    double t = now();
+    double t = clk_now_s();
     rc = vision_encode(vm, px, 1, emb);
-    t = now() - t;
+    t = clk_now_s() - t;
     double gf = encoder_flops(m) / t / 1e9;
     if (rc < 0) fprintf(stderr, "bench_vision: %s\n", err_msg());
     else

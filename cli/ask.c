@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "err.h"
 #include "image.h"
 #include "log.h"
@@ -50,12 +50,6 @@ typedef struct {
     size_t text_len;
     double load_s, vision_s, prefill_s, decode_s;
 } ask_result;
-
-static double ask_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void ask_usage(FILE *f) {
     fprintf(f,
@@ -194,9 +188,9 @@ static void ask_on_event(void *user, const sched_event *ev) {
 /* sched's prefill runner: times the prefill alone, as --json reports it. */
 static int ask_time_prefill(void *ctx, int (*fn)(void *arg), void *arg) {
     ask_sink *k = ctx;
-    double t0 = ask_now();
+    double t0 = clk_now_s();
     int rc = fn(arg);
-    k->prefill_end = ask_now();
+    k->prefill_end = clk_now_s();
     k->r->prefill_s = k->prefill_end - t0;
     return rc;
 }
@@ -225,7 +219,7 @@ static int ask_generate(ask_engine *e, const ask_opts *o, const float *image, as
         int n = sched_step(s, 0);
         if (n < 0) rc = n;
     }
-    if (!rc) r->decode_s = ask_now() - k.prefill_end;
+    if (!rc) r->decode_s = clk_now_s() - k.prefill_end;
     sched_free(s);
     prompt_ids_free(&p);
     return rc;
@@ -255,15 +249,15 @@ int cli_ask(int argc, char **argv) {
     if (code >= 0) return code;
     ask_engine e = {0};
     ask_result r = {0};
-    double t0 = ask_now();
+    double t0 = clk_now_s();
     int rc = ask_load(&o, &e);
-    r.load_s = ask_now() - t0;
+    r.load_s = clk_now_s() - t0;
     float *image = NULL;
     if (!rc) {
         image = tv_xmalloc(sizeof(float) * (size_t)vision_tokens(e.vm) * vision_dim(e.vm));
-        t0 = ask_now();
+        t0 = clk_now_s();
         rc = ask_encode_image(&e, o.image, image);
-        r.vision_s = ask_now() - t0;
+        r.vision_s = clk_now_s() - t0;
     }
     if (!rc) rc = ask_generate(&e, &o, image, &r);
     if (!rc && o.json) ask_print_json(&r);

@@ -26,10 +26,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "err.h"
 #include "hash.h"
 #include "mapfile.h"
@@ -92,12 +92,6 @@ static volatile sig_atomic_t ix_interrupted;
 static void ix_on_signal(int sig) {
     (void)sig;
     ix_interrupted = 1;
-}
-
-static double ix_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static void ix_strs_push(ix_strs *s, char *str) {
@@ -533,7 +527,7 @@ static void ix_job_finish(ix_run *r, ix_job *j, CURLM *m, CURLcode res) {
     if (ix_retryable(res, status) && j->attempts <= r->o.retries) {
         int k = j->attempts - 1 < 6 ? j->attempts - 1 : 6;  /* 0.5, 1, 2 ... 32 s */
         double wait = j->retry_after > 0 ? j->retry_after : 0.5 * (double)(1 << k);
-        j->due = ix_now() + (wait < IX_MAX_RETRY_WAIT_S ? wait : IX_MAX_RETRY_WAIT_S);
+        j->due = clk_now_s() + (wait < IX_MAX_RETRY_WAIT_S ? wait : IX_MAX_RETRY_WAIT_S);
         return;
     }
     char *why = res != CURLE_OK
@@ -559,7 +553,7 @@ static void ix_job_finish(ix_run *r, ix_job *j, CURLM *m, CURLcode res) {
 /* ---- progress --------------------------------------------------------------------------------- */
 
 static void ix_show(ix_run *r, size_t file_fails, int final) {
-    double now = ix_now(), el = now - r->t_start;
+    double now = clk_now_s(), el = now - r->t_start;
     if (r->o.quiet || (!final && now - r->t_shown < (r->tty ? 0.1 : 2.0))) return;
     r->t_shown = now;
     size_t done = r->n_ok + file_fails, total = r->n_todo;
@@ -605,7 +599,7 @@ static int ix_setup(ix_run *r) {
 static void ix_loop(ix_run *r, ix_job *jobs, CURLM *m, size_t walk_fails) {
     for (;;) {
         int active = 0;
-        double now = ix_now();
+        double now = clk_now_s();
         for (int i = 0; i < r->o.concurrency && !ix_interrupted; i++) {
             ix_job *j = &jobs[i];
             ix_job_fill(r, j, m);
@@ -629,7 +623,7 @@ static void ix_loop(ix_run *r, ix_job *jobs, CURLM *m, size_t walk_fails) {
 }
 
 static void ix_report(ix_run *r, size_t walk_fails, size_t not_tried) {
-    double el = ix_now() - r->t_start;
+    double el = clk_now_s() - r->t_start;
     ix_show(r, r->n_fails - walk_fails, 1);
     for (size_t i = 0; i < r->n_fails; i++)
         fprintf(stderr, "failed: %s: %s\n", r->fails[i].path, r->fails[i].why);
@@ -692,7 +686,7 @@ int cli_index(int argc, char **argv) {
     jobs = tv_xcalloc((size_t)r.o.concurrency, sizeof *jobs);
     for (int i = 0; i < r.o.concurrency; i++) TV_ASSERT((jobs[i].h = curl_easy_init()));
     r.tty = !r.o.quiet && isatty(STDERR_FILENO);
-    r.t_start = r.t_shown = ix_now();
+    r.t_start = r.t_shown = clk_now_s();
     void (*old_int)(int) = signal(SIGINT, ix_on_signal);
     void (*old_term)(int) = signal(SIGTERM, ix_on_signal);
     ix_loop(&r, jobs, m, walk_fails);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "err.h"
 #include "hash.h"
 #include "log.h"
@@ -293,12 +294,6 @@ static void mem_free_all(cache *c) {
 
 /* ---- Redis backend --------------------------------------------------------------------------- */
 
-static double mono_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
-
 /* Parses "redis://[:password@]host[:port][/db]" or "host:port". Returns 0 or TV_EINVAL. */
 static int parse_url(const char *url, redis_backend *r) {
     const char *p = url;
@@ -400,7 +395,7 @@ static redisReply *redis_cmd(cache *c, const char *fmt, ...) {
 static int redis_ensure(cache *c) {
     redis_backend *r = &c->redis;
     if (r->ctx) return TV_OK;
-    double now = mono_s();
+    double now = clk_now_s();
     if (now - r->last_attempt < 1.0)
         return err_set(TV_EIO, "Redis %s:%d unavailable (next attempt within a second)", r->host,
                        r->port);

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 
@@ -60,12 +61,6 @@ struct wlink {
     int health_on;
 };
 
-uint64_t wlink_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 uint64_t wlink_unix_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -96,7 +91,7 @@ static void poll_rebuild(wlink *l) {
 
 /* Connects endpoint into a free slot. Returns the slot, or a negative code. */
 static int slot_open(wlink *l, const char *endpoint, int dns) {
-    uint64_t now = wlink_now_ms();
+    uint64_t now = (uint64_t)clk_now_ms();
     int i = 0;
     while (i < l->n && (l->gw[i].sock || now - l->gw[i].closed_ms < WLINK_REUSE_MS))
         i++;
@@ -118,7 +113,7 @@ static int slot_open(wlink *l, const char *endpoint, int dns) {
 static void slot_close(wlink *l, int i) {
     msg_close(l->gw[i].sock);
     l->gw[i].sock = NULL;
-    l->gw[i].closed_ms = wlink_now_ms();
+    l->gw[i].closed_ms = (uint64_t)clk_now_ms();
     l->gw[i].heard_ms = 0;
     l->gw[i].was_registered = 0;
     poll_rebuild(l);
@@ -210,7 +205,7 @@ int wlink_new(msg_ctx *ctx, const wlink_opts *o, const msg_hello *hello, wlink *
         wlink_free(l);
         return rc;
     }
-    dns_all(l, wlink_now_ms());
+    dns_all(l, (uint64_t)clk_now_ms());
     *out = l; /* the first tick (in wlink_recv) sends the Hellos */
     return TV_OK;
 }
@@ -254,7 +249,7 @@ static int is_registered(const wlink *l, int i, uint64_t now) {
 }
 
 int wlink_registered(const wlink *l) {
-    uint64_t now = wlink_now_ms();
+    uint64_t now = (uint64_t)clk_now_ms();
     int k = 0;
     for (int i = 0; i < l->n; i++)
         k += is_registered(l, i, now);
@@ -335,7 +330,7 @@ static int take_one(wlink *l, msg *m, int *gw) {
         }
         if (rc)
             return rc;
-        l->gw[i].heard_ms = wlink_now_ms();
+        l->gw[i].heard_ms = (uint64_t)clk_now_ms();
         atomic_store(&l->heard_any, l->gw[i].heard_ms);
         if (link_message(l, i, m))
             continue;
@@ -348,10 +343,10 @@ static int take_one(wlink *l, msg *m, int *gw) {
 
 int wlink_recv(wlink *l, int timeout_ms, msg *m, int *gw) {
     memset(m, 0, sizeof *m);
-    atomic_store(&l->turn_ms, wlink_now_ms());
-    uint64_t end = wlink_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    atomic_store(&l->turn_ms, (uint64_t)clk_now_ms());
+    uint64_t end = (uint64_t)clk_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
     for (;;) {
-        uint64_t now = wlink_now_ms();
+        uint64_t now = (uint64_t)clk_now_ms();
         if (l->n_dns && now >= l->next_dns_ms && !l->bye)
             dns_all(l, now);
         if (now >= l->next_tick_ms)
@@ -371,7 +366,7 @@ int wlink_recv(wlink *l, int timeout_ms, msg *m, int *gw) {
             if (rc != TV_ETIMEOUT)
                 return rc;
         }
-        if (wlink_now_ms() >= end)
+        if ((uint64_t)clk_now_ms() >= end)
             return err_set(TV_ETIMEOUT, "no message within %d ms", timeout_ms);
     }
 }
@@ -453,7 +448,7 @@ int wlink_busy(wlink *l, int (*fn)(void *arg), void *arg) {
     }
     pthread_mutex_lock(&j.mu);
     while (!j.done) {
-        uint64_t now = wlink_now_ms();
+        uint64_t now = (uint64_t)clk_now_ms();
         if (now >= l->next_tick_ms) {
             pthread_mutex_unlock(&j.mu);
             busy_tick(l, now);
@@ -495,7 +490,7 @@ static void health_answer(wlink *l, int fd) {
             break;
     }
     req[n] = 0;
-    uint64_t now = wlink_now_ms(), turn = atomic_load(&l->turn_ms),
+    uint64_t now = (uint64_t)clk_now_ms(), turn = atomic_load(&l->turn_ms),
              heard = atomic_load(&l->heard_any);
     int code = 404;
     const char *body = "not found\n";

@@ -83,8 +83,7 @@ int wlink_health_start(wlink *l, int port);
 /* A default worker id, "host:pid:random" (kind "vision" or "lm" in front), into buf. */
 void wlink_default_id(const char *kind, char *buf, size_t cap);
 
-/* Milliseconds on the monotonic clock, and on the wall clock (deadlines on the wire). */
-uint64_t wlink_now_ms(void);
+/* Milliseconds on the wall clock (deadlines on the wire); the monotonic clock is clk_now_ms. */
 uint64_t wlink_unix_ms(void);
 
 #endif

@@ -18,12 +18,6 @@ struct gw_box {
     int done, refs;
 };
 
-double gw_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 gw_box *gw_box_new(void) {
     gw_box *b = tv_xcalloc(1, sizeof *b);
     pthread_mutex_init(&b->mu, NULL);

@@ -24,15 +24,12 @@ void gw_box_unref(gw_box *b);
  * Events pushed after the final one are dropped (msg_clear'd). */
 void gw_box_push(gw_box *b, msg *m, int final);
 
-/* Waits until event idx exists or until deadline (CLOCK_MONOTONIC seconds; < 0 = no wait).
+/* Waits until event idx exists or until deadline (clk_now_s() seconds; < 0 = no wait).
  * Returns a pointer to the event (valid while the caller holds its reference), or NULL on
  * timeout. *final (may be NULL) tells whether it is the last event. */
 const msg *gw_box_wait(gw_box *b, size_t idx, double deadline, int *final);
 
 /* 1 once the final event has been pushed. */
 int gw_box_done(gw_box *b);
-
-/* CLOCK_MONOTONIC now, in seconds. */
-double gw_now(void);
 
 #endif

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "err.h"
 #include "gw_http.h"
 #include "log.h"
@@ -58,7 +59,7 @@ void gw_record(gw *g, const char *route, int status, double t0) {
     snprintf(labels, sizeof labels, "route=\"%s\",status=\"%d\"", route, status);
     gw_met_add(g->met, "tinyvlm_http_requests_total", labels, 1);
     snprintf(labels, sizeof labels, "route=\"%s\"", route);
-    gw_met_observe(g->met, "tinyvlm_http_request_duration_seconds", labels, gw_now() - t0);
+    gw_met_observe(g->met, "tinyvlm_http_request_duration_seconds", labels, clk_now_s() - t0);
 }
 
 enum MHD_Result gw_send(gw *g, struct MHD_Connection *c, gw_req *r, int status,
@@ -108,7 +109,7 @@ int gw_admit(gw *g, struct MHD_Connection *c, gw_req *r, gw_tenant **t, enum MHD
         *sent = gw_fail(g, c, r, 401, "invalid_api_key", "%s", err_msg());
         return -1;
     }
-    if (gw_auth_acquire(g->auth, *t, gw_now())) {
+    if (gw_auth_acquire(g->auth, *t, clk_now_s())) {
         *sent = gw_fail(g, c, r, 429, "rate_limit_exceeded", "%s", err_msg());
         return -1;
     }
@@ -252,7 +253,7 @@ static enum MHD_Result gw_http(void *cls, struct MHD_Connection *c, const char *
     gw_req *r = *con_cls;
     if (!r) {
         r = tv_xcalloc(1, sizeof *r);
-        r->t0 = gw_now();
+        r->t0 = clk_now_s();
         r->route = gw_route_label(url);
         r->max_body = (size_t)(g->o.max_body_mb * 1048576.0);
         snprintf(r->limit_text, sizeof r->limit_text, "%g MB", g->o.max_body_mb);

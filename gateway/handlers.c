@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "err.h"
 #include "gw_http.h"
 #include "log.h"
@@ -109,20 +110,20 @@ static void h_chat_free(h_chat *s) {
 /* Next event, or NULL with e filled (504 timeout, 499 client gone, 503 shutdown). */
 static const msg *h_next(h_chat *s, int *final, gw_error *e) {
     for (;;) {
-        double until = gw_now() + H_SLICE_S;
+        double until = clk_now_s() + H_SLICE_S;
         if (until > s->deadline + H_SLACK_S) until = s->deadline + H_SLACK_S;
         const msg *m = gw_box_wait(s->box, s->idx, until, final);
-        if (m && s->conn && gw_now() >= s->next_gone_check) {
+        if (m && s->conn && clk_now_s() >= s->next_gone_check) {
             /* also while tokens keep coming: a JSON answer writes nothing until the end, and a
              * stream of held-back (empty) chunks neither, so a write error would never tell */
-            s->next_gone_check = gw_now() + H_SLICE_S;
+            s->next_gone_check = clk_now_s() + H_SLICE_S;
             if (gw_client_gone(s->conn)) m = NULL;
         }
         if (m) {
             s->idx++;
             return m;
         }
-        if (gw_now() >= s->deadline + H_SLACK_S) {
+        if (clk_now_s() >= s->deadline + H_SLACK_S) {
             gw_api_fail(e, 504, "timeout", NULL, "the answer took longer than the request's time limit");
             return NULL;
         }
@@ -141,7 +142,7 @@ static const msg *h_next(h_chat *s, int *final, gw_error *e) {
 static void h_on_chunk(h_chat *s, const msg_chunk *ch) {
     if (!s->first_seen) {
         s->first_seen = 1;
-        gw_met_observe(s->g->met, "tinyvlm_ttft_seconds", "", gw_now() - s->t0);
+        gw_met_observe(s->g->met, "tinyvlm_ttft_seconds", "", clk_now_s() - s->t0);
     }
     s->prompt_tokens = ch->prompt_tokens;
     s->completion_tokens = ch->completion_tokens;

@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "err.h"
 #include "gw_int.h"
 #include "log.h"
@@ -244,7 +245,7 @@ static void hub_on_hello(gw *g, const char *peer, const msg_hello *h) {
     }
     pthread_mutex_lock(&g->mu);
     int known = gw_reg_find(&g->reg, peer) != NULL;
-    gw_worker *w = gw_reg_hello(&g->reg, h, gw_now());
+    gw_worker *w = gw_reg_hello(&g->reg, h, clk_now_s());
     pthread_mutex_unlock(&g->mu);
     if (!w) {
         log_warn(HUB_COMP, "refused worker: %s", err_msg());
@@ -263,7 +264,7 @@ static void hub_on_worker_msg(gw *g, const char *peer, msg *m) {
     pthread_mutex_lock(&g->mu);
     gw_worker *w = gw_reg_find(&g->reg, peer);
     if (w) {
-        w->last_seen = gw_now();
+        w->last_seen = clk_now_s();
         if (m->type == MSG_HEARTBEAT) {
             w->hb = m->u.heartbeat;
             w->draining = m->u.heartbeat.draining;
@@ -387,7 +388,7 @@ static int hub_on_submit(gw *g, gw_job *j, int follower) {
 static void hub_on_cancel(gw *g, uint64_t id) {
     gw_job *j = hub_job(g, id);
     if (!j || j->cancel_at > 0) return;
-    j->cancel_at = gw_now();
+    j->cancel_at = clk_now_s();
     if (!j->worker[0]) {
         hub_job_fail(g, j, 499, "cancelled", "cancelled");
         return;
@@ -436,14 +437,14 @@ static void hub_drain_socket(gw *g) {
 
 static void *hub_main(void *arg) {
     gw *g = arg;
-    double next_hb = gw_now();
+    double next_hb = clk_now_s();
     while (!atomic_load(&g->quit)) {
         int ready_s = 0, ready_f = 0;
         int rc = msg_poll(&g->sock, 1, &ready_s, &g->efd, 1, &ready_f, 100);
         if (rc < 0) log_warn(HUB_COMP, "poll: %s", err_msg());
         hub_drain_cmds(g);
         hub_drain_socket(g);
-        double now = gw_now();
+        double now = clk_now_s();
         if (now >= next_hb) {
             hub_heartbeat(g, now);
             next_hb = now + g->o.heartbeat_ms / 1000.0;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "err.h"
 #include "gw_http.h"
 #include "log.h"
@@ -114,11 +115,11 @@ static void img_retire(gw *g, const char *key, gw_box *b) {
  * shutdown). */
 static const msg *img_wait(gw *g, gw_box *b, double deadline, struct MHD_Connection *c, gw_error *e) {
     for (;;) {
-        double now = gw_now(), until = now + IMG_WAIT_SLICE_S;
+        double now = clk_now_s(), until = now + IMG_WAIT_SLICE_S;
         if (until > deadline) until = deadline;
         const msg *m = gw_box_wait(b, 0, until, NULL);
         if (m) return m;
-        if (gw_now() >= deadline) {
+        if (clk_now_s() >= deadline) {
             gw_api_fail(e, 504, "timeout", NULL, "image encoding took longer than the request's time limit");
             return NULL;
         }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "chat.h"
+#include "clock.h"
 #include "dtype.h"
 #include "err.h"
 #include "log.h"
@@ -371,8 +372,8 @@ int lmworker_run(const lmworker_opts *o, volatile sig_atomic_t *stop) {
                  sched_active(w.s), o->grace_s);
         wlink_bye(w.link, "shutdown");
         /* also answer (refuse) what the gateway sent before it saw the Bye */
-        uint64_t t0 = wlink_now_ms(), end = t0 + (uint64_t)o->grace_s * 1000u;
-        while (!rc && (sched_active(w.s) || wlink_now_ms() < t0 + 300) && wlink_now_ms() < end)
+        int64_t t0 = clk_now_ms(), end = t0 + (int64_t)o->grace_s * 1000;
+        while (!rc && (sched_active(w.s) || clk_now_ms() < t0 + 300) && clk_now_ms() < end)
             rc = lw_turn(&w, 50, 1);
         w.shutting_down = 1;
         sched_cancel_all(w.s, "cancelled");

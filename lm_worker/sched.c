@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "err.h"
 #include "stopper.h"
 
@@ -42,12 +42,6 @@ struct sched {
     size_t text_n, text_cap;
     sched_stats stats;
 };
-
-static double sched_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int sched_new(phi_model *lm, const manifest *mf, const tokenizer *tok, int image_rows,
               sched_emit_fn emit, void *user, sched **out) {
@@ -290,12 +284,12 @@ int sched_admit(sched *s, const sched_req *r, uint64_t now_ms) {
         seq_emit(s, i, NULL, "deadline", 0);
         return TV_OK;
     }
-    double t0 = sched_now();
+    double t0 = clk_now_s();
     if (!rc && (rc = phi_reset(s->lm, i)) == 0) {
         sched_prefill_job job = {s, i, (int)rows};
         rc = s->run ? s->run(s->run_ctx, prefill_job, &job) : prefill_job(&job);
     }
-    s->stats.kernel_seconds += sched_now() - t0;
+    s->stats.kernel_seconds += clk_now_s() - t0;
     if (rc) {
         sampler_free(q->smp);
         stopper_free(q->st);
@@ -328,9 +322,9 @@ int sched_step(sched *s, uint64_t now_ms) {
     }
     if (n == 0)
         return 0;
-    double t0 = sched_now();
+    double t0 = clk_now_s();
     int rc = phi_decode(s->lm, n, s->slots, s->toks, s->logits);
-    s->stats.kernel_seconds += sched_now() - t0;
+    s->stats.kernel_seconds += clk_now_s() - t0;
     if (rc) {
         char why[512];
         snprintf(why, sizeof why, "%s", err_msg());

@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "dtype.h"
 #include "err.h"
 #include "image.h"
@@ -59,12 +59,6 @@ typedef struct {
     uint64_t items_done;
     double kernel_seconds;
 } vw_state;
-
-static double vw_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- set-up --------------------------------------------------------------------------------- */
 
@@ -220,10 +214,10 @@ static void vw_run_batch(vw_state *w) {
             wlink_send_error(w->link, it->gw, rq->id, 400, "invalid_image", err_msg());
     }
     if (B > 0) {
-        double t0 = vw_now();
+        double t0 = clk_now_s();
         vw_job job = {w, B};
         int rc = wlink_busy(w->link, vw_encode_job, &job); /* heartbeats go on meanwhile */
-        double secs = vw_now() - t0;
+        double secs = clk_now_s() - t0;
         w->kernel_seconds += secs;
         for (int i = 0, k = 0; i < w->n_batch; i++) {
             vw_item *it = &w->batch[i];
@@ -249,7 +243,7 @@ static void vw_run_batch(vw_state *w) {
 static void vw_take(vw_state *w, msg *m, int gw) {
     if (m->type == MSG_ENCODE && w->n_batch < w->max_batch) {
         if (w->n_batch == 0)
-            w->first_ms = wlink_now_ms();
+            w->first_ms = (uint64_t)clk_now_ms();
         w->batch[w->n_batch++] = (vw_item){*m, gw, 0};
         memset(m, 0, sizeof *m); /* the batch owns it now */
         return;
@@ -281,7 +275,7 @@ static int vw_turn(vw_state *w, int idle_wait_ms, int draining) {
     vw_set_load(w, draining);
     int timeout = idle_wait_ms;
     if (w->n_batch) {
-        int64_t left = (int64_t)(w->first_ms + (uint64_t)w->o->batch_wait_ms) - (int64_t)wlink_now_ms();
+        int64_t left = (int64_t)(w->first_ms + (uint64_t)w->o->batch_wait_ms) - clk_now_ms();
         timeout = left > 0 ? (int)left : 0;
     }
     msg m;
@@ -291,7 +285,7 @@ static int vw_turn(vw_state *w, int idle_wait_ms, int draining) {
     else if (rc != TV_ETIMEOUT)
         return rc;
     if (w->n_batch && (w->n_batch == w->max_batch ||
-                       wlink_now_ms() >= w->first_ms + (uint64_t)w->o->batch_wait_ms))
+                       (uint64_t)clk_now_ms() >= w->first_ms + (uint64_t)w->o->batch_wait_ms))
         vw_run_batch(w);
     return TV_OK;
 }
@@ -311,8 +305,8 @@ int vworker_run(const vworker_opts *o, volatile sig_atomic_t *stop) {
     if (!rc) { /* Bye, then finish what the gateway had already sent */
         log_info("vision-worker", "stopping: finishing in-flight images");
         wlink_bye(w.link, "shutdown");
-        uint64_t end = wlink_now_ms() + 300, hard = wlink_now_ms() + (uint64_t)o->grace_s * 1000u;
-        while (!rc && (w.n_batch || wlink_now_ms() < end) && wlink_now_ms() < hard)
+        int64_t end = clk_now_ms() + 300, hard = clk_now_ms() + (int64_t)o->grace_s * 1000;
+        while (!rc && (w.n_batch || clk_now_ms() < end) && clk_now_ms() < hard)
             rc = vw_turn(&w, 50, 1);
         if (w.n_batch)
             vw_run_batch(&w);

@@ -10,22 +10,16 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cache.h"
 #include "check.h"
+#include "clock.h"
 #include "hash.h"
 #include "log.h"
 
 static const char FP[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 static const char FP2[] = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 static cache_emb make_emb(const char *fp, uint32_t rows, uint32_t dim, float base) {
     cache_emb e = {.rows = rows, .dim = dim, .dtype = MSG_EMB_F32};
@@ -383,9 +377,9 @@ static void test_redis_silent(void) {
     cache *c;
     CHECK_OK(cache_redis_new(url, 0, 200, &c));
     cache_emb got;
-    double t0 = now_ms();
+    double t0 = clk_now_s() * 1e3;
     CHECK_EQ_INT(cache_get(c, "emb:x", FP, &got), TV_EIO);
-    double dt = now_ms() - t0;
+    double dt = clk_now_s() * 1e3 - t0;
     CHECK_MSG(dt < 400, "silent server: %.0f ms", dt);
     printf("test_cache: silent server: call gave up after %.1f ms (timeout 200 ms)\n", dt);
     cache_stats st;
@@ -432,16 +426,16 @@ static void test_redis(void) {
 
     /* Redis hangs (stopped): calls give up within the timeout; it resumes: so do hits */
     kill(g_redis, SIGSTOP);
-    double t0 = now_ms();
+    double t0 = clk_now_s() * 1e3;
     CHECK_EQ_INT(cache_get(c, key, FP, &got), TV_EIO);
-    double dt = now_ms() - t0;
+    double dt = clk_now_s() * 1e3 - t0;
     CHECK_MSG(dt < 2 * timeout_ms, "a call took %.0f ms with Redis stopped", dt);
     printf("test_cache: Redis stopped: call gave up after %.1f ms (timeout %d ms)\n", dt, timeout_ms);
     cache_get_stats(c, &st);
     CHECK_EQ_INT(st.up, 0);
     kill(g_redis, SIGCONT);
     int rc = TV_EIO;
-    for (double t_end = now_ms() + 4000; rc != TV_OK && now_ms() < t_end;) {
+    for (double t_end = clk_now_s() * 1e3 + 4000; rc != TV_OK && clk_now_s() * 1e3 < t_end;) {
         rc = cache_get(c, key, FP, &got);
         if (rc) usleep(100000);
     }
@@ -452,11 +446,11 @@ static void test_redis(void) {
     kill_redis();
     double worst = 0;
     for (int i = 0; i < 4; i++) {
-        double t0 = now_ms();
+        double t0 = clk_now_s() * 1e3;
         int rc = i % 3 == 0 ? cache_get(c, key, FP, &got)
                  : i % 3 == 1 ? cache_put(c, key, &e)
                               : cache_exists(c, key);
-        double dt = now_ms() - t0;
+        double dt = clk_now_s() * 1e3 - t0;
         if (dt > worst) worst = dt;
         CHECK_EQ_INT(rc, TV_EIO);
         if (i == 1) usleep(1100000); /* let one reconnect attempt happen (refused) */
@@ -471,14 +465,14 @@ static void test_redis(void) {
         CHECK_MSG(0, "could not restart redis-server on port %d", port);
     } else {
         rc = TV_EIO;
-        double t_end = now_ms() + 4000;
-        while (rc != TV_OK && now_ms() < t_end) {
+        double t_end = clk_now_s() * 1e3 + 4000;
+        while (rc != TV_OK && clk_now_s() * 1e3 < t_end) {
             rc = cache_put(c, key, &e);
             if (rc) usleep(100000);
         }
         CHECK_OK(rc);
         printf("test_cache: Redis restarted: first put succeeded %.0f ms later\n",
-               now_ms() - (t_end - 4000));
+               clk_now_s() * 1e3 - (t_end - 4000));
         CHECK_OK(cache_get(c, key, FP, &got));
         CHECK(emb_same(&got, &e));
         cache_emb_clear(&got);
@@ -510,9 +504,9 @@ static void test_redis_urls(void) {
     cache_stats st;
     cache_get_stats(c, &st);
     CHECK_EQ_INT(st.up, 0);
-    double t0 = now_ms();
+    double t0 = clk_now_s() * 1e3;
     CHECK_EQ_INT(cache_exists(c, "emb:x"), TV_EIO);
-    CHECK(now_ms() - t0 < 400);
+    CHECK(clk_now_s() * 1e3 - t0 < 400);
     cache_free(c);
 }
 

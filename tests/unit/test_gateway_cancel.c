@@ -22,18 +22,13 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "clock.h"
 #include "gateway.h"
 #include "msg.h"
 
 #define FP "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 #define EMB_ROWS 2
 #define EMB_DIM 4
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -100,7 +95,7 @@ static void *lm_main(void *arg) {
     double next_hb = 0, next_chunk = 0;
     uint32_t n = 0;
     while (!atomic_load(&S.stop)) {
-        double t = now_s();
+        double t = clk_now_s();
         if (t >= next_hb) {
             hello(s, MSG_WORKER_LM, "l1", 1); /* doubles as the heartbeat: registration is idempotent */
             msg hb = {.type = MSG_HEARTBEAT};
@@ -121,7 +116,7 @@ static void *lm_main(void *arg) {
             lm_on_generate(s, &m.u.generate);
             n = 0;
         } else if (m.type == MSG_CANCEL) {
-            S.cancel_at = now_s();
+            S.cancel_at = clk_now_s();
             atomic_store(&S.cancelled, m.u.cancel_id);
             if (m.u.cancel_id == atomic_load(&S.active)) { /* as the real worker: a final chunk */
                 send_chunk(s, m.u.cancel_id, "", "cancelled", n);
@@ -144,7 +139,7 @@ static void *vision_main(void *arg) {
     int n_held = 0;
     double next_hb = 0, first_at = 0;
     while (!atomic_load(&S.stop)) {
-        double t = now_s();
+        double t = clk_now_s();
         if (t >= next_hb) {
             hello(s, MSG_WORKER_VISION, "v1", 2);
             msg hb = {.type = MSG_HEARTBEAT};
@@ -169,7 +164,7 @@ static void *vision_main(void *arg) {
         char peer[MSG_PEER_MAX];
         if (msg_recv(s, 5, &m, peer, sizeof peer)) continue;
         if (m.type == MSG_ENCODE && n_held < 8) {
-            if (!n_held) first_at = now_s();
+            if (!n_held) first_at = clk_now_s();
             held[n_held++] = m.u.encode.id;
         }
         msg_clear(&m);
@@ -208,9 +203,9 @@ static int http_open(const char *method, const char *path, const char *body) {
  * Returns the bytes read. */
 static size_t http_read(int fd, char *buf, size_t cap, const char *until, int count, double timeout_s) {
     size_t len = 0;
-    double end = now_s() + timeout_s;
+    double end = clk_now_s() + timeout_s;
     buf[0] = 0;
-    while (len + 1 < cap && now_s() < end) {
+    while (len + 1 < cap && clk_now_s() < end) {
         int seen = 0;
         for (const char *p = buf; until && (p = strstr(p, until)); p++) seen++;
         if (until && seen >= count) break;
@@ -247,8 +242,8 @@ static double metric(const char *name) {
 
 /* Waits until the LM worker's slot is free in the gateway's eyes and in the worker's. */
 static int lm_slot_free(double timeout_s) {
-    double end = now_s() + timeout_s;
-    while (now_s() < end) {
+    double end = clk_now_s() + timeout_s;
+    while (clk_now_s() < end) {
         if (!atomic_load(&S.active) && metric("tinyvlm_worker_inflight{kind=\"lm\"}") == 0) return 1;
         sleep_ms(20);
     }
@@ -270,8 +265,8 @@ static void leave_and_check(const char *what, const char *text, int stream, int 
     CHECK(fd >= 0);
     if (fd < 0) return;
     static char buf[1 << 16];
-    double wait_end = now_s() + 5;
-    while (atomic_load(&S.generates) == gen0 && now_s() < wait_end) sleep_ms(5);
+    double wait_end = clk_now_s() + 5;
+    while (atomic_load(&S.generates) == gen0 && clk_now_s() < wait_end) sleep_ms(5);
     uint64_t id = atomic_load(&S.active);
     CHECK_MSG(id != 0, "%s: the LM worker got the request", what);
     if (events) {
@@ -282,10 +277,10 @@ static void leave_and_check(const char *what, const char *text, int stream, int 
     } else {
         sleep_ms(100);
     }
-    double t_cut = now_s();
+    double t_cut = clk_now_s();
     close(fd);
     double end = t_cut + 3;
-    while (atomic_load(&S.cancelled) != id && now_s() < end) sleep_ms(5);
+    while (atomic_load(&S.cancelled) != id && clk_now_s() < end) sleep_ms(5);
     CHECK_MSG(atomic_load(&S.cancelled) == id, "%s: the LM worker got Cancel for its request", what);
     double took = S.cancel_at - t_cut;
     CHECK_MSG(atomic_load(&S.cancelled) != id || took < 1.5, "%s: Cancel after %.2f s", what, took);
