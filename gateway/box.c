@@ -12,7 +12,7 @@
 
 struct gw_box {
     pthread_mutex_t mu;
-    pthread_cond_t cv;      /* CLOCK_MONOTONIC */
+    pthread_cond_t cv;      /* timed on CLOCK_MONOTONIC: deadlines are clk_now_s() values */
     msg **ev;              /* each event malloc'd: pointers stay valid as the array grows */
     size_t n, cap;
     int done, refs;

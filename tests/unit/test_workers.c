@@ -18,6 +18,7 @@
 
 #include "cache.h"
 #include "check.h"
+#include "clock.h"
 #include "convert.h"
 #include "hash.h"
 #include "lmworker.h"
@@ -51,11 +52,9 @@ static int heartbeats_v, heartbeats_l;
  * and unexpected Hellos are skipped, other types fail the check. Returns 1 with *m (msg_clear
  * it) and its sender in peer. */
 static int expect(msg_type want, msg *m, char *peer, int timeout_ms) {
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t end = clk_now_ms() + timeout_ms;
     for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        long left = timeout_ms - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+        int64_t left = end - clk_now_ms();
         if (left <= 0)
             break;
         int rc = msg_recv(gw, (int)left, m, peer, MSG_PEER_MAX);
