@@ -121,7 +121,7 @@ static void matmul_case(kern_wtype t, int64_t m, int64_t n, int64_t k, int with_
 }
 
 static void test_matmul(void) {
-    const int64_t ks[] = {1, 7, 33, 80, 88, 1413}, ms[] = {1, 2, 5, 67}, ns[] = {1, 3, 17, 33};
+    const int64_t ks[] = {1, 7, 33, 80, 88, 1413}, ms[] = {1, 2, 3, 4, 5, 67}, ns[] = {1, 3, 17, 33};
     const kern_wtype fts[] = {KERN_W_F32, KERN_W_F16, KERN_W_BF16};
     for (int t = 0; t < 3; t++)
         for (int a = 0; a < 6; a++)
