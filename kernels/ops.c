@@ -364,3 +364,27 @@ int kern_device_info(kern_be *be, kern_device *out) {
     snprintf(out->device, sizeof out->device, "cpu");
     return TV_OK;
 }
+
+void kern_gpu_memory(kern_be *be, uint64_t *used, uint64_t *total) {
+    kern_device dev;
+    *used = *total = 0;
+    if (kern_device_info(be, &dev) != TV_OK || !dev.is_gpu) return;
+    *used = (uint64_t)(dev.mem_used > 0 ? dev.mem_used : 0);
+    *total = (uint64_t)(dev.mem_total > 0 ? dev.mem_total : 0);
+}
+
+float *kern_alloc_floats(kern_be *be, int64_t rows, int64_t cols) {
+    if (rows < 1 || cols < 1 || rows > INT64_MAX / cols ||
+        rows * cols > (INT64_MAX / 4) / (int64_t)sizeof(float))
+        return NULL;
+    size_t bytes = (size_t)(rows * cols) * sizeof(float);
+    if (!be) return malloc(bytes);
+    void *p = NULL;
+    return kern_alloc(be, bytes, &p) == 0 ? p : NULL;
+}
+
+void kern_release_floats(kern_be *be, float *p) {
+    if (!p) return;
+    if (be) kern_release(be, p);
+    else free(p);
+}

@@ -121,6 +121,15 @@ typedef struct {
 } kern_device;
 int kern_device_info(kern_be *be, kern_device *out);
 
+/* GPU memory used and total in bytes, for heartbeats and metrics; both 0 on the CPU or when
+ * the device does not say. */
+void kern_gpu_memory(kern_be *be, uint64_t *used, uint64_t *total);
+
+/* rows * cols floats of be's memory (host malloc when be is NULL), the product checked: NULL on
+ * overflow or refusal. Free with kern_release_floats(be, p) (same be; NULL p is a no-op). */
+float *kern_alloc_floats(kern_be *be, int64_t rows, int64_t cols);
+void kern_release_floats(kern_be *be, float *p);
+
 /* ---- linear algebra ---------------------------------------------------------------------- */
 
 /* y[m, n] = x[m, k] · W[n, k]^T (+ bias[n] if bias != NULL). x row stride k, y row stride n. */

@@ -329,11 +329,7 @@ static void lw_set_load(lw_state *w, int draining) {
                         .capacity = (uint32_t)sched_capacity(w->s),
                         .kernel_seconds = st.kernel_seconds, .items_done = st.finished,
                         .tokens_out = st.tokens_out, .draining = draining};
-    kern_device dev;
-    if (kern_device_info(w->be, &dev) == TV_OK && dev.is_gpu) {
-        hb.gpu_mem_used = (uint64_t)(dev.mem_used > 0 ? dev.mem_used : 0);
-        hb.gpu_mem_total = (uint64_t)(dev.mem_total > 0 ? dev.mem_total : 0);
-    }
+    kern_gpu_memory(w->be, &hb.gpu_mem_used, &hb.gpu_mem_total);
     wlink_set_load(w->link, &hb);
 }
 

@@ -118,16 +118,6 @@ void qformer_weights_free(qformer_weights *w) {
  * scratch
  * ========================================================================================== */
 
-/* a * b floats of be's memory (host malloc when be is NULL); NULL on overflow or refusal. */
-static float *alloc_floats(kern_be *be, int64_t a, int64_t b) {
-    if (a < 1 || b < 1 || a > INT64_MAX / b || a * b > (INT64_MAX / 4) / (int64_t)sizeof(float))
-        return NULL;
-    size_t bytes = (size_t)(a * b) * sizeof(float);
-    if (!be) return malloc(bytes);
-    void *p = NULL;
-    return kern_alloc(be, bytes, &p) == 0 ? p : NULL;
-}
-
 int qformer_scratch_init_be(qformer_scratch *s, kern_be *be, const qformer_config *cfg,
                             int max_batch, int img_tokens) {
     memset(s, 0, sizeof *s);
@@ -138,12 +128,12 @@ int qformer_scratch_init_be(qformer_scratch *s, kern_be *be, const qformer_confi
     s->be = be;
     s->max_batch = max_batch;
     s->img_tokens = img_tokens;
-    s->q = alloc_floats(be, rows, D);
-    s->qkv = alloc_floats(be, rows, 3 * D);
-    s->att = alloc_floats(be, rows, D);
-    s->t = alloc_floats(be, rows, D);
-    s->ffn = alloc_floats(be, rows, cfg->ffn);
-    s->ckv = alloc_floats(be, (int64_t)max_batch * img_tokens, 2 * D);
+    s->q = kern_alloc_floats(be, rows, D);
+    s->qkv = kern_alloc_floats(be, rows, 3 * D);
+    s->att = kern_alloc_floats(be, rows, D);
+    s->t = kern_alloc_floats(be, rows, D);
+    s->ffn = kern_alloc_floats(be, rows, cfg->ffn);
+    s->ckv = kern_alloc_floats(be, (int64_t)max_batch * img_tokens, 2 * D);
     if (!s->q || !s->qkv || !s->att || !s->t || !s->ffn || !s->ckv) {
         qformer_scratch_free(s);
         return err_set(TV_ENOMEM, "qformer: cannot allocate activations for %d images",

@@ -115,22 +115,6 @@ void vit_weights_free(vit_weights *w) {
  * scratch
  * ========================================================================================== */
 
-/* a * b floats of be's memory (host malloc when be is NULL), the product checked; NULL on
- * overflow or refusal. */
-static float *alloc_floats(kern_be *be, int64_t a, int64_t b) {
-    if (a < 1 || b < 1 || a > INT64_MAX / b || a * b > (INT64_MAX / 4) / (int64_t)sizeof(float))
-        return NULL;
-    size_t bytes = (size_t)(a * b) * sizeof(float);
-    if (!be) return malloc(bytes);
-    void *p = NULL;
-    return kern_alloc(be, bytes, &p) == 0 ? p : NULL;
-}
-
-static void free_floats(kern_be *be, float *p) {
-    if (be) kern_release(be, p);
-    else free(p);
-}
-
 int vit_scratch_init_be(vit_scratch *s, kern_be *be, const vit_config *cfg, int max_batch,
                         int tokens) {
     memset(s, 0, sizeof *s);
@@ -141,25 +125,25 @@ int vit_scratch_init_be(vit_scratch *s, kern_be *be, const vit_config *cfg, int 
     int64_t W = cfg->width, P = cfg->patch, NP = (int64_t)max_batch * cfg->grid * cfg->grid;
     s->be = be;
     s->max_rows = (int)rows;
-    s->x = alloc_floats(be, rows, W);
-    s->h = alloc_floats(be, rows, W);
-    s->qkv = alloc_floats(be, rows, 3 * W);
-    s->mlp = alloc_floats(be, rows, cfg->mlp_hidden);
-    s->patches = alloc_floats(be, NP, 3 * P * P);
+    s->x = kern_alloc_floats(be, rows, W);
+    s->h = kern_alloc_floats(be, rows, W);
+    s->qkv = kern_alloc_floats(be, rows, 3 * W);
+    s->mlp = kern_alloc_floats(be, rows, cfg->mlp_hidden);
+    s->patches = kern_alloc_floats(be, NP, 3 * P * P);
     int64_t Dh = W / cfg->heads;
     s->tokens = (int)T;
     int ok = s->x && s->h && s->qkv && s->mlp && s->patches;
     if (be && !kern_is_host(be)) {
         /* device: unfold on the host, upload once; attention is kern_attention (no per-head
          * buffers) */
-        s->patches_host = alloc_floats(NULL, NP, 3 * P * P);
+        s->patches_host = kern_alloc_floats(NULL, NP, 3 * P * P);
         ok = ok && s->patches_host;
     } else {
-        s->hq = alloc_floats(be, T, Dh);
-        s->hk = alloc_floats(be, T, Dh);
-        s->hvt = alloc_floats(be, T, Dh);
-        s->ho = alloc_floats(be, T, Dh);
-        s->scores = alloc_floats(be, T, T);
+        s->hq = kern_alloc_floats(be, T, Dh);
+        s->hk = kern_alloc_floats(be, T, Dh);
+        s->hvt = kern_alloc_floats(be, T, Dh);
+        s->ho = kern_alloc_floats(be, T, Dh);
+        s->scores = kern_alloc_floats(be, T, T);
         ok = ok && s->hq && s->hk && s->hvt && s->ho && s->scores;
     }
     if (!ok) {
@@ -178,7 +162,7 @@ void vit_scratch_free(vit_scratch *s) {
     kern_be *be = s->be;
     float **bufs[] = {&s->x, &s->h, &s->qkv, &s->mlp, &s->patches, &s->hq, &s->hk, &s->hvt,
                       &s->ho, &s->scores};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free_floats(be, *bufs[i]);
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kern_release_floats(be, *bufs[i]);
     free(s->patches_host);
     memset(s, 0, sizeof *s);
 }

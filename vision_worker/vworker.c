@@ -262,11 +262,7 @@ static void vw_set_load(vw_state *w, int draining) {
     msg_heartbeat hb = {.load = (uint32_t)w->n_batch, .capacity = (uint32_t)w->max_batch,
                         .kernel_seconds = w->kernel_seconds, .items_done = w->items_done,
                         .draining = draining};
-    kern_device dev;
-    if (kern_device_info(w->be, &dev) == TV_OK && dev.is_gpu) {
-        hb.gpu_mem_used = (uint64_t)(dev.mem_used > 0 ? dev.mem_used : 0);
-        hb.gpu_mem_total = (uint64_t)(dev.mem_total > 0 ? dev.mem_total : 0);
-    }
+    kern_gpu_memory(w->be, &hb.gpu_mem_used, &hb.gpu_mem_total);
     wlink_set_load(w->link, &hb);
 }
 
