@@ -396,9 +396,47 @@ DEF_PACK(pack_bf16, ld_bf16, 4)
 DEF_PACK(pack_q8, ld_q8, 2)
 DEF_PACK(pack_q4, ld_q4, 1)
 
-/* c[MR][NR] = sum over kk of a[r][kk] * b[kk][:] (a: MR row pointers, b: one packed panel). */
+/* Where one micro-kernel tile goes: y (row stride ldy) = (init ? bias : y) + sign * tile, for
+ * its first rows x cols (bias NULL reads as 0). Strassen sends a tile to one or two C quadrants. */
+typedef struct {
+    float *y;
+    const float *bias;
+    float sign;               /* +1 or -1 */
+    int init;
+    int64_t rows, cols;
+} mm_dst;
+
+static inline void tile_store(const __m256 acc[MR][2], const mm_dst *d, int64_t ldy) {
+    if (d->rows == MR && d->cols == NR) {   /* the common case: in registers */
+        __m256 s = _mm256_set1_ps(d->sign), z = _mm256_setzero_ps();
+        __m256 b0 = d->init && d->bias ? _mm256_loadu_ps(d->bias) : z;
+        __m256 b1 = d->init && d->bias ? _mm256_loadu_ps(d->bias + 8) : z;
+        for (int r = 0; r < MR; r++) {
+            float *yr = d->y + r * ldy;
+            __m256 p0 = d->init ? b0 : _mm256_loadu_ps(yr);
+            __m256 p1 = d->init ? b1 : _mm256_loadu_ps(yr + 8);
+            _mm256_storeu_ps(yr, _mm256_fmadd_ps(acc[r][0], s, p0));
+            _mm256_storeu_ps(yr + 8, _mm256_fmadd_ps(acc[r][1], s, p1));
+        }
+        return;
+    }
+    float c[MR][NR];
+    for (int r = 0; r < MR; r++) {
+        _mm256_storeu_ps(c[r], acc[r][0]);
+        _mm256_storeu_ps(c[r] + 8, acc[r][1]);
+    }
+    for (int64_t r = 0; r < d->rows; r++)
+        for (int64_t cc = 0; cc < d->cols; cc++) {
+            float *yp = d->y + r * ldy + cc;
+            float prev = d->init ? (d->bias ? d->bias[cc] : 0.0f) : *yp;
+            *yp = prev + d->sign * c[r][cc];       /* sign * c is exact: one rounding, as fma */
+        }
+}
+
+/* One MR x NR tile: sum over kk of a[r][kk] * b[kk][:] (a: MR row pointers, b: one packed
+ * panel), stored to the nd destinations. */
 static inline void micro_6x16(const float *const a[MR], const float *b, int64_t kc,
-                              float c[MR][NR]) {
+                              const mm_dst *d, int nd, int64_t ldy) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
@@ -417,51 +455,161 @@ static inline void micro_6x16(const float *const a[MR], const float *b, int64_t 
         av = _mm256_broadcast_ss(a5 + kk);
         c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
     }
-    _mm256_storeu_ps(c[0], c00); _mm256_storeu_ps(c[0] + 8, c01);
-    _mm256_storeu_ps(c[1], c10); _mm256_storeu_ps(c[1] + 8, c11);
-    _mm256_storeu_ps(c[2], c20); _mm256_storeu_ps(c[2] + 8, c21);
-    _mm256_storeu_ps(c[3], c30); _mm256_storeu_ps(c[3] + 8, c31);
-    _mm256_storeu_ps(c[4], c40); _mm256_storeu_ps(c[4] + 8, c41);
-    _mm256_storeu_ps(c[5], c50); _mm256_storeu_ps(c[5] + 8, c51);
+    const __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                               {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int t = 0; t < nd; t++) tile_store(acc, &d[t], ldy);
 }
 
-static void gemm_tile(const float *x, const kern_weight *w, const float *bias, float *y,
-                      int64_t i0, int64_t i1, int64_t n0, int64_t n1, float *work) {
-    const int64_t K = w->k, N = w->n;
-    for (int64_t k0 = 0; k0 < K; k0 += CPU_MM_KC) {
-        int64_t kc = K - k0 < CPU_MM_KC ? K - k0 : CPU_MM_KC;
-        switch (w->type) {
-        case KERN_W_F32: pack_f32(w, n0, n1, k0, kc, work); break;
-        case KERN_W_F16: pack_f16(w, n0, n1, k0, kc, work); break;
-        case KERN_W_BF16: pack_bf16(w, n0, n1, k0, kc, work); break;
-        case KERN_W_Q8: pack_q8(w, n0, n1, k0, kc, work); break;
-        case KERN_W_Q4: pack_q4(w, n0, n1, k0, kc, work); break;
+/* Packs K rows [k0, k0 + kc) and columns [n0, n1) of the B = W^T quadrant q (K half q >> 1,
+ * N half q & 1) into NR-column panels, as pack_* lay them out. */
+static void pack_quadrant(const cpu_gemm *g, int q, int64_t n0, int64_t n1, int64_t k0,
+                          int64_t kc, float *out) {
+    const kern_weight *w = g->w;
+    int64_t wn = (q & 1) * g->nh, wk = (q >> 1) * g->kh + k0;
+    switch (w->type) {
+    case KERN_W_F32: pack_f32(w, wn + n0, wn + n1, wk, kc, out); break;
+    case KERN_W_F16: pack_f16(w, wn + n0, wn + n1, wk, kc, out); break;
+    case KERN_W_BF16: pack_bf16(w, wn + n0, wn + n1, wk, kc, out); break;
+    case KERN_W_Q8: pack_q8(w, wn + n0, wn + n1, wk, kc, out); break;
+    case KERN_W_Q4: pack_q4(w, wn + n0, wn + n1, wk, kc, out); break;
+    }
+}
+
+/* The B operand sum_q coef[q] * panel[q] (n floats each): one of the panels itself when it is a
+ * single +1 term, else summed into sum. */
+static const float *b_operand(const signed char coef[4], float *const panel[4], int64_t n,
+                              float *sum) {
+    int terms = 0, last = 0;
+    for (int q = 0; q < 4; q++)
+        if (coef[q]) terms++, last = q;
+    if (terms == 1 && coef[last] == 1) return panel[last];
+    int started = 0;
+    for (int q = 0; q < 4; q++) {
+        if (!coef[q]) continue;
+        __m256 s = _mm256_set1_ps((float)coef[q]);
+        for (int64_t i = 0; i < n; i += 8) {
+            __m256 v = _mm256_mul_ps(s, _mm256_load_ps(panel[q] + i));
+            _mm256_store_ps(sum + i, started ? _mm256_add_ps(_mm256_load_ps(sum + i), v) : v);
         }
-        for (int64_t i = i0; i < i1; i += MR) {
-            int64_t rows = i1 - i < MR ? i1 - i : MR;
-            const float *a[MR];
-            for (int r = 0; r < MR; r++) a[r] = x + (i + (r < rows ? r : rows - 1)) * K + k0;
-            for (int64_t jp = n0; jp < n1; jp += NR) {
-                int64_t cols = n1 - jp < NR ? n1 - jp : NR;
-                float c[MR][NR];
-                micro_6x16(a, work + ((jp - n0) / NR) * kc * NR, kc, c);
-                for (int64_t r = 0; r < rows; r++) {
-                    float *yr = y + (i + r) * N + jp;
-                    for (int64_t cc = 0; cc < cols; cc++)
-                        yr[cc] = k0 == 0 ? c[r][cc] : yr[cc] + c[r][cc];
+        started = 1;
+    }
+    return sum;
+}
+
+static const float mm_zeros[CPU_MM_KC];   /* the rows past an odd m's end */
+
+/* x's row `row` of A quadrant q at K column k0 of the quadrant, or NULL past x's last row. */
+static inline const float *a_row(const cpu_gemm *g, int q, int64_t row, int64_t k0) {
+    row += (q >> 1) * g->mh;
+    return row < g->m ? g->x + row * g->k + (q & 1) * g->kh + k0 : NULL;
+}
+
+/* The A operands sum_q coef[q] * A_q of the products with more than one term (or a -1), for
+ * quadrant rows [i0, i1) rounded up to MR and K columns [k0, k0 + kc): formed once per K block
+ * into buf (rows x kc each, in product order) so every column block of the task reuses them.
+ * base[p] is product p's sum, or NULL where its operand is a single quadrant of x. */
+static void a_sums(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t k0, int64_t kc,
+                   float *buf, float *base[]) {
+    int64_t rows = (i1 - i0 + MR - 1) / MR * MR;
+    for (int p = 0; p < g->n_prod; p++) {
+        const signed char *coef = g->prod[p].a;
+        int terms = 0, last = 0;
+        for (int q = 0; q < 4; q++)
+            if (coef[q]) terms++, last = q;
+        base[p] = NULL;
+        if (terms == 1 && coef[last] == 1) continue;
+        base[p] = buf;
+        for (int64_t r = 0; r < rows; r++, buf += kc) {
+            memset(buf, 0, (size_t)kc * sizeof(float));
+            for (int q = 0; q < 4; q++) {
+                const float *src = coef[q] ? a_row(g, q, i0 + r, k0) : NULL;
+                if (!src) continue;
+                __m256 s = _mm256_set1_ps((float)coef[q]);
+                int64_t kk = 0;
+                for (; kk + 8 <= kc; kk += 8)
+                    _mm256_storeu_ps(buf + kk, _mm256_fmadd_ps(s, _mm256_loadu_ps(src + kk),
+                                                               _mm256_loadu_ps(buf + kk)));
+                for (; kk < kc; kk++) buf[kk] += (float)coef[q] * src[kk];
+            }
+        }
+    }
+}
+
+/* Row pointers to product p's A operand for quadrant rows [i, i + MR): into its sum (sum: the
+ * rows from i0), or into x for a single quadrant, rows past x's end reading as zeros. */
+static void a_operand(const cpu_gemm *g, const signed char coef[4], const float *sum, int64_t i,
+                      int64_t i0, int64_t k0, int64_t kc, const float *a[MR]) {
+    int q = 0;
+    while (!coef[q]) q++;
+    for (int r = 0; r < MR; r++) {
+        if (sum) {
+            a[r] = sum + (i - i0 + r) * kc;
+        } else {
+            const float *src = a_row(g, q, i + r, k0);
+            a[r] = src ? src : mm_zeros;
+        }
+    }
+}
+
+/* Quadrant rows [i0, i1) x columns [n0, n1) of every product of g. For each K block the B
+ * quadrant panels and the A sums it needs are formed once and used for all the task's rows and
+ * columns; each product's MR x NR tiles then go to the C quadrants it feeds, the first product
+ * to touch a quadrant storing (plus the bias) on the first K block and every other adding. */
+static void avx2_gemm_task(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t n0, int64_t n1,
+                           float *work) {
+    float *panel[4], *bsum = work + 4 * CPU_PANEL_FLOATS, *asum[7];
+    int need[4] = {0}, first[4] = {-1, -1, -1, -1};
+    for (int q = 0; q < 4; q++) panel[q] = work + q * CPU_PANEL_FLOATS;
+    for (int p = 0; p < g->n_prod; p++)
+        for (int q = 0; q < 4; q++) {
+            if (g->prod[p].b[q]) need[q] = 1;
+            if (g->prod[p].c[q] && first[q] < 0) first[q] = p;
+        }
+    int64_t N = g->n, panel_cols = (n1 - n0 + NR - 1) / NR * NR;
+    for (int64_t k0 = 0; k0 < g->kh; k0 += CPU_MM_KC) {
+        int64_t kc = g->kh - k0 < CPU_MM_KC ? g->kh - k0 : CPU_MM_KC;
+        for (int q = 0; q < 4; q++)
+            if (need[q]) pack_quadrant(g, q, n0, n1, k0, kc, panel[q]);
+        a_sums(g, i0, i1, k0, kc, work + 5 * CPU_PANEL_FLOATS, asum);
+        for (int p = 0; p < g->n_prod; p++) {
+            const cpu_mm_product *pr = &g->prod[p];
+            const float *bp = b_operand(pr->b, panel, panel_cols * kc, bsum);
+            for (int64_t i = i0; i < i1; i += MR) {
+                const float *a[MR];
+                a_operand(g, pr->a, asum[p], i, i0, k0, kc, a);
+                mm_dst d[4];
+                int nd = 0;
+                for (int q = 0; q < 4; q++) {
+                    if (!pr->c[q]) continue;
+                    int64_t row = (q >> 1) * g->mh + i, rows = i1 - i < MR ? i1 - i : MR;
+                    if (g->m - row < rows) rows = g->m - row;
+                    if (rows <= 0) continue;
+                    d[nd++] = (mm_dst){.y = g->y + row * N + (q & 1) * g->nh,
+                                       .bias = g->bias ? g->bias + (q & 1) * g->nh : NULL,
+                                       .sign = (float)pr->c[q], .init = k0 == 0 && first[q] == p,
+                                       .rows = rows};
+                }
+                for (int64_t jp = n0; jp < n1; jp += NR) {
+                    mm_dst dj[4];
+                    for (int t = 0; t < nd; t++) {
+                        dj[t] = d[t];
+                        dj[t].y += jp;
+                        if (dj[t].bias) dj[t].bias += jp;
+                        dj[t].cols = n1 - jp < NR ? n1 - jp : NR;
+                    }
+                    micro_6x16(a, bp + ((jp - n0) / NR) * kc * NR, kc, dj, nd, N);
                 }
             }
         }
     }
-    if (bias)
-        for (int64_t i = i0; i < i1; i++)
-            for (int64_t j = n0; j < n1; j++) y[i * N + j] += bias[j];
 }
 
 static void avx2_matmul_tile(const float *x, const kern_weight *w, const float *bias, float *y,
                              int64_t i0, int64_t i1, int64_t n0, int64_t n1, float *work) {
     if (i1 - i0 > CPU_MM_SMALL_M) {
-        gemm_tile(x, w, bias, y, i0, i1, n0, n1, work);
+        cpu_gemm g = {.x = x, .w = w, .bias = bias, .y = y, .m = i1, .k = w->k, .n = w->n,
+                      .mh = i1, .kh = w->k, .nh = w->n, .prod = &cpu_plain_product, .n_prod = 1};
+        avx2_gemm_task(&g, i0, i1, n0, n1, work);
         return;
     }
     const float *xr = x + i0 * w->k;
@@ -696,7 +844,7 @@ static void avx2_attn_row(const float *q, const float *k, int64_t ldk, const flo
 }
 
 const cpu_isa cpu_isa_avx2_table = {
-    .name = "avx2", .matmul_tile = avx2_matmul_tile, .layernorm_row = avx2_layernorm_row,
+    .name = "avx2", .matmul_tile = avx2_matmul_tile, .gemm_task = avx2_gemm_task, .layernorm_row = avx2_layernorm_row,
     .rmsnorm_row = avx2_rmsnorm_row, .gelu = avx2_gelu, .gelu_tanh = avx2_gelu_tanh,
     .softmax_row = avx2_softmax_row, .attn_row = avx2_attn_row, .add = avx2_add,
     .scale = avx2_scale,

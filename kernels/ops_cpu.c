@@ -1,7 +1,7 @@
 /* The CPU backend: splits each op into tasks over a thread pool and runs the ISA's inner
- * kernels on them. The task split depends only on the op's sizes (never on the thread count or
- * the ISA), and every output element is written by exactly one task, so results are bitwise
- * identical for any number of threads. */
+ * kernels on them. Every output element is written by exactly one task, and the order of the
+ * sums behind it depends only on the op's sizes (the task split may follow the thread count, the
+ * K blocking never does), so results are bitwise identical for any number of threads. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,12 +12,14 @@
 #include "ops_backend.h"
 #include "ops_cpu.h"
 #include "pool.h"
+#include "quant.h"
 
 typedef struct {
     const cpu_isa *isa;
     pool *pool;
     int n_threads;
     float *work;            /* n_threads * CPU_WORK_FLOATS, 64-byte aligned */
+    int strassen;           /* large f32-activation matmuls may use one level of Strassen */
 } cpu_be;
 
 static cpu_be *cpu_of(kern_be *be) { return (cpu_be *)be->impl; }
@@ -28,34 +30,93 @@ static int64_t cpu_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* ---- matmul ------------------------------------------------------------------------------ */
 
+const cpu_mm_product cpu_plain_product = {{1, 0, 0, 0}, {1, 0, 0, 0}, {1, 0, 0, 0}};
+
+const cpu_mm_product cpu_strassen[7] = {
+    /*        A11 A12 A21 A22      B11 B12 B21 B22      C11 C12 C21 C22 */
+    /* M1 */ {{1, 0, 0, 1},      {1, 0, 0, 1},        {1, 0, 0, 1}},
+    /* M2 */ {{0, 0, 1, 1},      {1, 0, 0, 0},        {0, 0, 1, -1}},
+    /* M3 */ {{1, 0, 0, 0},      {0, 1, 0, -1},       {0, 1, 0, 1}},
+    /* M4 */ {{0, 0, 0, 1},      {-1, 0, 1, 0},       {1, 0, 1, 0}},
+    /* M5 */ {{1, 1, 0, 0},      {0, 0, 0, 1},        {-1, 1, 0, 0}},
+    /* M6 */ {{-1, 0, 1, 0},     {1, 1, 0, 0},        {0, 0, 0, 1}},
+    /* M7 */ {{0, 1, 0, -1},     {0, 0, 1, 1},        {1, 0, 0, 0}},
+};
+
+/* Strassen only where each quadrant product is still a large GEMM running near peak, so its
+ * extra packing and C traffic stay small against the 12.5% of multiply-adds it saves (ViT-g's
+ * four matmuls at 224 and 448 px qualify; Phi-2's 128-token prefill does not). */
+#define CPU_STRASSEN_MIN_M 200
+#define CPU_STRASSEN_MIN_KN 1024
+
+static int cpu_use_strassen(const cpu_be *c, int64_t m, const kern_weight *w) {
+    /* quantised weights: each K quadrant must start on a scale block */
+    int64_t kalign = w->type == KERN_W_Q8 || w->type == KERN_W_Q4 ? 2 * QUANT_BLOCK : 2;
+    return c->strassen && m >= CPU_STRASSEN_MIN_M && w->k >= CPU_STRASSEN_MIN_KN &&
+           w->n >= CPU_STRASSEN_MIN_KN && w->k % kalign == 0 && w->n % 2 == 0;
+}
+
+/* Large-M tasks: column blocks of NC, each over as many rows as still leaves CPU_MM_TASKS tasks
+ * per thread (at least CPU_MM_MC rows). A task packs its weight panel once per K block and uses
+ * it for all its rows, so fewer, taller tasks pack less. The split never changes a result: each
+ * y element's sum runs over the same K blocks in the same order whatever the tile. */
+static void cpu_mm_split(const cpu_be *c, int64_t rows, int64_t cols, int64_t max_mc,
+                         int64_t *mc, int64_t *nc) {
+    *nc = CPU_MM_NC;
+    int64_t m_split = cpu_cdiv((int64_t)CPU_MM_TASKS * c->n_threads, cpu_cdiv(cols, *nc));
+    *mc = cpu_cdiv(cpu_cdiv(rows, m_split), CPU_MM_MALIGN) * CPU_MM_MALIGN;
+    if (*mc < CPU_MM_MC) *mc = CPU_MM_MC;
+    if (*mc > max_mc) *mc = max_mc;
+}
+
 typedef struct {
     cpu_be *c;
     const float *x, *bias;
     const kern_weight *w;
     float *y;
-    int64_t m, n_mblk, n_nblk, mc, nc;
+    cpu_gemm g;
+    int64_t m, n, n_mblk, n_nblk, mc, nc;   /* tiles over m x n: y's, or one quadrant's */
 } cpu_mm_job;
 
 static void cpu_mm_task(void *ctx, int64_t task, int thread) {
     cpu_mm_job *j = ctx;
     int64_t mb = task / j->n_nblk, nb = task % j->n_nblk;
     int64_t i0 = mb * j->mc, i1 = i0 + j->mc < j->m ? i0 + j->mc : j->m;
-    int64_t n0 = nb * j->nc, n1 = n0 + j->nc < j->w->n ? n0 + j->nc : j->w->n;
-    j->c->isa->matmul_tile(j->x, j->w, j->bias, j->y, i0, i1, n0, n1, cpu_work(j->c, thread));
+    int64_t n0 = nb * j->nc, n1 = n0 + j->nc < j->n ? n0 + j->nc : j->n;
+    if (j->g.n_prod)
+        j->c->isa->gemm_task(&j->g, i0, i1, n0, n1, cpu_work(j->c, thread));
+    else
+        j->c->isa->matmul_tile(j->x, j->w, j->bias, j->y, i0, i1, n0, n1,
+                               cpu_work(j->c, thread));
 }
 
 static int cpu_matmul(kern_be *be, const float *x, int64_t m, const kern_weight *w,
                       const float *bias, float *y) {
-    cpu_mm_job j = {.c = cpu_of(be), .x = x, .bias = bias, .w = w, .y = y, .m = m};
+    cpu_mm_job j = {.c = cpu_of(be), .x = x, .bias = bias, .w = w, .y = y, .m = m, .n = w->n};
     if (m <= CPU_MM_SMALL_M) {          /* decode: stream W once, split over N */
         j.mc = m;
         j.nc = CPU_MM_NCHUNK;
-    } else {                            /* prefill / encode: M x N tiles */
+    } else if (!j.c->isa->gemm_task) {  /* the reference: plain tiles */
         j.mc = CPU_MM_MC;
         j.nc = CPU_MM_NC;
+    } else {                            /* prefill / encode: plain, or Strassen's quadrants */
+        cpu_gemm *g = &j.g;
+        *g = (cpu_gemm){.x = x, .w = w, .bias = bias, .y = y, .m = m, .k = w->k, .n = w->n,
+                        .mh = m, .kh = w->k, .nh = w->n, .prod = &cpu_plain_product,
+                        .n_prod = 1};
+        if (cpu_use_strassen(j.c, m, w)) {
+            g->mh = (m + 1) / 2;
+            g->kh = w->k / 2;
+            g->nh = w->n / 2;
+            g->prod = cpu_strassen;
+            g->n_prod = 7;
+        }
+        j.m = g->mh;
+        j.n = g->nh;
+        cpu_mm_split(j.c, j.m, j.n, g->n_prod > 1 ? CPU_MM_STRASSEN_MC : j.m, &j.mc, &j.nc);
     }
-    j.n_mblk = cpu_cdiv(m, j.mc);
-    j.n_nblk = cpu_cdiv(w->n, j.nc);
+    j.n_mblk = cpu_cdiv(j.m, j.mc);
+    j.n_nblk = cpu_cdiv(j.n, j.nc);
     pool_run(j.c->pool, j.n_mblk * j.n_nblk, cpu_mm_task, &j);
     return TV_OK;
 }
@@ -310,6 +371,8 @@ int kern_cpu_new(int n_threads, int isa, kern_be **out) {
     cpu_be *c = tv_xcalloc(1, sizeof *c);
     c->isa = k;
     c->n_threads = n_threads;
+    const char *st = getenv("TINYVLM_STRASSEN");     /* "1": allow Strassen (docs/engine.md) */
+    c->strassen = st && strcmp(st, "1") == 0;
     if (n_threads > 1 && !(c->pool = pool_new(n_threads))) {
         free(c);
         return err_wrap(TV_EINTERNAL, "kern");

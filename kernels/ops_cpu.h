@@ -7,15 +7,49 @@
 #include "ops.h"
 
 /* Matmul blocking (shared so the drivers' task split is independent of the ISA):
- * small M (<= CPU_MM_SMALL_M) runs as dot products over N chunks; larger M in tiles of
- * CPU_MM_MC rows x CPU_MM_NC columns, K in blocks of CPU_MM_KC (a multiple of the q block). */
+ * small M (<= CPU_MM_SMALL_M) runs as dot products over N chunks; larger M in tasks of
+ * CPU_MM_NC columns by at least CPU_MM_MC rows, K in blocks of CPU_MM_KC (a multiple of the q
+ * block). */
 #define CPU_MM_SMALL_M 4
 #define CPU_MM_NCHUNK 64      /* columns per task when M is small */
-#define CPU_MM_MC 96
-#define CPU_MM_NC 256
-#define CPU_MM_KC 256
-/* Per-thread scratch, in floats: one packed KC x NC weight panel. */
-#define CPU_WORK_FLOATS ((int64_t)CPU_MM_KC * CPU_MM_NC)
+#define CPU_MM_MC 96          /* fewest rows per large-M task */
+#define CPU_MM_MALIGN 24      /* large-M task rows are a multiple of this (of any MR) */
+#define CPU_MM_TASKS 8        /* large-M tasks per thread to aim for (load balance) */
+#define CPU_MM_NC 192
+#define CPU_MM_KC 384
+#define CPU_MM_STRASSEN_MC 264   /* most quadrant rows per Strassen task (scratch below) */
+/* Per-thread scratch, in floats: the four packed KC x NC weight-quadrant panels a Strassen
+ * task needs, one more for their sums, and the five A-quadrant sums of its rows for one K
+ * block (a plain matmul uses the first panel only). */
+#define CPU_PANEL_FLOATS ((int64_t)CPU_MM_KC * CPU_MM_NC)
+#define CPU_WORK_FLOATS (5 * CPU_PANEL_FLOATS + 5 * (int64_t)CPU_MM_STRASSEN_MC * CPU_MM_KC)
+
+/* One level of Strassen's algorithm for y = x . W^T, on quadrants indexed 2*row + col (0 = 11,
+ * 1 = 12, 2 = 21, 3 = 22) of A = x [M, K], B = W^T [K, N] and C = y [M, N]: product p is
+ * (sum_q a[q] A_q) . (sum_q b[q] B_q), and C_q += c[q] * product for each q. Seven products of
+ * [M/2, K/2] x [K/2, N/2] replace eight: 12.5% fewer multiply-adds; the sums cost one pass over
+ * quadrant-sized panels the kernel packs anyway. Products that first touch a C quadrant come
+ * first in the table (C11, C22: M1; C21: M2; C12: M3), so they can store instead of add. */
+typedef struct {
+    signed char a[4], b[4], c[4];
+} cpu_mm_product;
+
+extern const cpu_mm_product cpu_strassen[7];
+extern const cpu_mm_product cpu_plain_product;   /* levels 0: a = b = c = quadrant 0 only */
+
+/* One large-M matmul as an ISA's gemm_task sees it: y = x . W^T (+ bias) as n_prod products of
+ * [mh, kh] x [kh, nh] quadrants. Plain: one product, mh = m, kh = k, nh = n. Strassen:
+ * cpu_strassen, mh = ceil(m / 2) (an odd m's missing last row of the lower quadrants reads as
+ * zeros and is never written), kh = k / 2, nh = n / 2 (k and n even). */
+typedef struct {
+    const float *x;           /* [m, k] */
+    const kern_weight *w;     /* [n, k] */
+    const float *bias;        /* [n] or NULL */
+    float *y;                 /* [m, n] */
+    int64_t m, k, n, mh, kh, nh;
+    const cpu_mm_product *prod;
+    int n_prod;
+} cpu_gemm;
 
 typedef struct {
     const char *name;
@@ -23,6 +57,11 @@ typedef struct {
      * y stride w->n. work: CPU_WORK_FLOATS floats of this thread's scratch. */
     void (*matmul_tile)(const float *x, const kern_weight *w, const float *bias, float *y,
                         int64_t i0, int64_t i1, int64_t n0, int64_t n1, float *work);
+    /* The large-M path (NULL: matmul_tile does every M): rows [i0, i1) and columns [n0, n1) of
+     * every product of g (quadrant coordinates: i1 <= g->mh, n1 <= g->nh), written into all the
+     * C quadrants they touch. work: CPU_WORK_FLOATS floats of this thread's scratch. */
+    void (*gemm_task)(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t n0, int64_t n1,
+                      float *work);
     void (*layernorm_row)(const float *x, float *y, int64_t n, const float *w, const float *b,
                           float eps);
     void (*rmsnorm_row)(const float *x, float *y, int64_t n, const float *w, float eps);

@@ -11,6 +11,7 @@
 #include "quant.h"
 
 static kern_be *be_ref, *be_ref_mt, *be_simd, *be_simd_mt;   /* be_simd may be NULL */
+static kern_be *be_strassen, *be_strassen_mt;   /* AVX2 with TINYVLM_STRASSEN=1 */
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static float rnd(void) {   /* uniform in [-1, 1) */
@@ -115,6 +116,14 @@ static void matmul_case(kern_wtype t, int64_t m, int64_t n, int64_t k, int with_
                   (long long)m, (long long)n, (long long)k, with_bias, e);
         CHECK_MSG(memcmp(y, y_mt, (size_t)(m * n) * sizeof(float)) == 0,
                   "threaded simd %s matmul m=%lld differs", kern_wtype_name(t), (long long)m);
+        /* the same with Strassen allowed (it applies to the large cases only) */
+        CHECK_OK(kern_matmul(be_strassen, x, m, &w.w, bias, y));
+        CHECK_OK(kern_matmul(be_strassen_mt, x, m, &w.w, bias, y_mt));
+        e = worst(y, y_ref, mag, m * n, 1e-5, 1e-30);
+        CHECK_MSG(e <= 1, "strassen %s matmul m=%lld n=%lld k=%lld bias=%d: %.3g",
+                  kern_wtype_name(t), (long long)m, (long long)n, (long long)k, with_bias, e);
+        CHECK_MSG(memcmp(y, y_mt, (size_t)(m * n) * sizeof(float)) == 0,
+                  "threaded strassen %s matmul m=%lld differs", kern_wtype_name(t), (long long)m);
     }
     free_w(&w);
     free(x); free(bias); free(y_ref); free(y_deq); free(y); free(y_mt); free(mag);
@@ -137,6 +146,11 @@ static void test_matmul(void) {
     matmul_case(KERN_W_F32, 203, 300, 300, 1);
     matmul_case(KERN_W_Q4, 101, 270, 288, 1);
     matmul_case(KERN_W_F16, 4, 301, 61, 0);
+    /* large enough for one level of Strassen (ops_cpu.c): odd and even M (an odd M's lower
+     * quadrants end a row short), N not a multiple of the column block, K with a tail block */
+    matmul_case(KERN_W_F32, 201, 1056, 1024, 1);
+    matmul_case(KERN_W_F16, 202, 1024, 1088, 0);
+    matmul_case(KERN_W_Q8, 205, 1088, 1024, 1);
 }
 
 static void test_matmul_known(void) {
@@ -579,6 +593,10 @@ int main(void) {
     if (f->avx2 && f->fma && f->f16c) {
         CHECK_OK(kern_cpu_new(1, KERN_ISA_AVX2, &be_simd));
         CHECK_OK(kern_cpu_new(3, KERN_ISA_AVX2, &be_simd_mt));
+        setenv("TINYVLM_STRASSEN", "1", 1);
+        CHECK_OK(kern_cpu_new(1, KERN_ISA_AVX2, &be_strassen));
+        CHECK_OK(kern_cpu_new(3, KERN_ISA_AVX2, &be_strassen_mt));
+        unsetenv("TINYVLM_STRASSEN");
     } else {
         printf("no AVX2+FMA+F16C here: SIMD kernels not tested\n");
         kern_be *x = NULL;
@@ -598,6 +616,8 @@ int main(void) {
     kern_free(be_ref_mt);
     kern_free(be_simd);
     kern_free(be_simd_mt);
+    kern_free(be_strassen);
+    kern_free(be_strassen_mt);
     kern_free(NULL);
     return check_finish("test_kernels");
 }
