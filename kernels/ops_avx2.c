@@ -843,8 +843,93 @@ static void avx2_attn_row(const float *q, const float *k, int64_t ldk, const flo
     }
 }
 
+/* ---- attention over many queries: blocked, on the matmul micro-kernel ----------------------- */
+
+/* Keys as the "weight" of S = q . k^T: NR-key panels, out[p*d*NR + kk*NR + c] = k_(p*NR+c)[kk],
+ * keys past nk zero. A scalar transpose: it is paid once per head per task, against the
+ * tq x nk x d multiply-adds that reuse it. */
+static void pack_keys(const float *k, int64_t ldk, int64_t nk, int64_t d, float *out) {
+    int64_t np = (nk + NR - 1) / NR;
+    for (int64_t p = 0; p < np; p++)
+        for (int64_t c = 0; c < NR; c++) {
+            int64_t j = p * NR + c;
+            float *o = out + p * d * NR + c;
+            if (j < nk)
+                for (int64_t kk = 0; kk < d; kk++) o[kk * NR] = k[j * ldk + kk];
+            else
+                for (int64_t kk = 0; kk < d; kk++) o[kk * NR] = 0.0f;
+        }
+}
+
+/* Values as the "weight" of o = p . v: NR-dimension panels, out[p*nk*NR + j*NR + c] =
+ * v_j[p*NR + c], dimensions past d zero. */
+static void pack_values(const float *v, int64_t ldv, int64_t nk, int64_t d, float *out) {
+    int64_t np = (d + NR - 1) / NR;
+    for (int64_t p = 0; p < np; p++) {
+        int64_t c0 = p * NR, w = d - c0 < NR ? d - c0 : NR;
+        for (int64_t j = 0; j < nk; j++) {
+            float *o = out + (p * nk + j) * NR;
+            memcpy(o, v + j * ldv + c0, (size_t)w * sizeof(float));
+            for (int64_t c = w; c < NR; c++) o[c] = 0.0f;
+        }
+    }
+}
+
+/* Query rows [i0, i1) of head h: S = scale * q . k^T for a block of CPU_ATT_QB queries at a
+ * time (into work, after the packed keys and values), exact row softmax as the reference
+ * (max, exp, sum, divide), then out = P . v. Keys and values are packed once for all the
+ * task's queries. */
+static void avx2_attn_task(const kern_attn *a, int64_t h, int64_t i0, int64_t i1, float *work) {
+    int64_t d = a->dim, kh = h / (a->heads / a->kv_heads), shift = a->tk - a->tq;
+    int64_t nk_task = a->tk;                  /* keys any of the task's queries sees */
+    if (a->causal) nk_task = i1 + shift < a->tk ? i1 + shift : a->tk;
+    if (nk_task < 0) nk_task = 0;
+    int64_t nk_pad = (nk_task + NR - 1) / NR * NR, d_pad = (d + NR - 1) / NR * NR;
+    float *kp = work, *vp = kp + d * nk_pad, *S = vp + nk_task * d_pad;
+    pack_keys(a->k + kh * d, a->ldk, nk_task, d, kp);
+    pack_values(a->v + kh * d, a->ldv, nk_task, d, vp);
+    for (int64_t b0 = i0; b0 < i1; b0 += CPU_ATT_QB) {
+        int64_t b1 = b0 + CPU_ATT_QB < i1 ? b0 + CPU_ATT_QB : i1;
+        int64_t nk = nk_task;                 /* keys the block's last query sees */
+        if (a->causal) nk = b1 + shift < a->tk ? b1 + shift : a->tk;
+        if (nk < 0) nk = 0;
+        int64_t ldS = (nk + NR - 1) / NR * NR;
+        for (int64_t jp = 0; jp < nk; jp += NR)           /* S [b1-b0, nk] */
+            for (int64_t i = b0; i < b1; i += MR) {
+                const float *qr[MR];
+                for (int r = 0; r < MR; r++)
+                    qr[r] = a->q + (i + r < b1 ? i + r : b1 - 1) * a->ldq + h * d;
+                mm_dst dst = {.y = S + (i - b0) * ldS + jp, .sign = a->scale, .init = 1,
+                              .rows = b1 - i < MR ? b1 - i : MR, .cols = NR};
+                micro_6x16(qr, kp + (jp / NR) * d * NR, d, &dst, 1, ldS);
+            }
+        for (int64_t i = b0; i < b1; i++) {               /* P = softmax rows, in place */
+            float *row = S + (i - b0) * ldS;
+            int64_t n = a->causal ? i + shift + 1 : nk;
+            n = n < 0 ? 0 : n > nk ? nk : n;
+            float mx = n ? max_row(row, n) : -INFINITY;
+            if (mx == -INFINITY) {
+                memset(row, 0, (size_t)ldS * sizeof(float));
+                continue;
+            }
+            float sum = exp_row(row, row, n, mx);
+            avx2_scale(row, 1.0f / sum, row, n);
+            for (int64_t j = n; j < ldS; j++) row[j] = 0.0f;
+        }
+        for (int64_t dp = 0; dp < d; dp += NR)            /* out = P . v */
+            for (int64_t i = b0; i < b1; i += MR) {
+                const float *pr[MR];
+                for (int r = 0; r < MR; r++) pr[r] = S + ((i + r < b1 ? i + r : b1 - 1) - b0) * ldS;
+                mm_dst dst = {.y = a->out + i * a->ldo + h * d + dp, .sign = 1.0f, .init = 1,
+                              .rows = b1 - i < MR ? b1 - i : MR, .cols = d - dp < NR ? d - dp : NR};
+                micro_6x16(pr, vp + (dp / NR) * nk_task * NR, nk, &dst, 1, a->ldo);
+            }
+    }
+}
+
 const cpu_isa cpu_isa_avx2_table = {
-    .name = "avx2", .matmul_tile = avx2_matmul_tile, .gemm_task = avx2_gemm_task, .layernorm_row = avx2_layernorm_row,
+    .name = "avx2", .matmul_tile = avx2_matmul_tile, .gemm_task = avx2_gemm_task,
+    .attn_task = avx2_attn_task, .layernorm_row = avx2_layernorm_row,
     .rmsnorm_row = avx2_rmsnorm_row, .gelu = avx2_gelu, .gelu_tanh = avx2_gelu_tanh,
     .softmax_row = avx2_softmax_row, .attn_row = avx2_attn_row, .add = avx2_add,
     .scale = avx2_scale,

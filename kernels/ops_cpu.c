@@ -285,8 +285,36 @@ static void cpu_att_task(void *ctx, int64_t task, int thread) {
     }
 }
 
+/* Blocked attention (the ISA's attn_task): each task one head and a range of its queries, so
+ * the head's keys and values are packed once per task; about CPU_ATT_TASKS tasks per thread. */
+#define CPU_ATT_TASKS 2
+
+typedef struct {
+    cpu_be *c;
+    const kern_attn *a;
+    int64_t n_split, rows;
+} cpu_attb_job;
+
+static void cpu_attb_task(void *ctx, int64_t task, int thread) {
+    cpu_attb_job *j = ctx;
+    int64_t h = task / j->n_split, i0 = task % j->n_split * j->rows;
+    int64_t i1 = i0 + j->rows < j->a->tq ? i0 + j->rows : j->a->tq;
+    if (i0 < i1) j->c->isa->attn_task(j->a, h, i0, i1, cpu_work(j->c, thread));
+}
+
 static int cpu_attention(kern_be *be, const kern_attn *a) {
-    cpu_att_job j = {.c = cpu_of(be), .a = a, .n_qblk = cpu_cdiv(a->tq, CPU_ATT_QBLK)};
+    cpu_be *c = cpu_of(be);
+    if (c->isa->attn_task && a->tq >= CPU_MM_SMALL_M &&
+        cpu_attn_floats(a->tk, a->dim) <= CPU_WORK_FLOATS) {
+        cpu_attb_job j = {.c = c, .a = a};
+        int64_t want = cpu_cdiv((int64_t)CPU_ATT_TASKS * c->n_threads, a->heads);
+        int64_t max_split = cpu_cdiv(a->tq, CPU_ATT_QB);
+        j.n_split = want < max_split ? want : max_split;
+        j.rows = cpu_cdiv(a->tq, j.n_split);
+        pool_run(c->pool, a->heads * j.n_split, cpu_attb_task, &j);
+        return TV_OK;
+    }
+    cpu_att_job j = {.c = c, .a = a, .n_qblk = cpu_cdiv(a->tq, CPU_ATT_QBLK)};
     pool_run(j.c->pool, a->heads * j.n_qblk, cpu_att_task, &j);
     return TV_OK;
 }

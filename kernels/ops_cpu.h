@@ -51,6 +51,14 @@ typedef struct {
     int n_prod;
 } cpu_gemm;
 
+/* Blocked attention: queries per score block, and the scratch a task needs (packed keys and
+ * values of one head, one block of scores), in floats. */
+#define CPU_ATT_QB 48
+static inline int64_t cpu_attn_floats(int64_t tk, int64_t dim) {
+    int64_t nk = (tk + 15) / 16 * 16, d = (dim + 15) / 16 * 16;
+    return dim * nk + tk * d + (int64_t)CPU_ATT_QB * nk;
+}
+
 typedef struct {
     const char *name;
     /* y[i, j] = x[i, :] . W[j, :] (+ bias[j]) for i in [i0, i1), j in [n0, n1); x stride w->k,
@@ -62,6 +70,9 @@ typedef struct {
      * C quadrants they touch. work: CPU_WORK_FLOATS floats of this thread's scratch. */
     void (*gemm_task)(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t n0, int64_t n1,
                       float *work);
+    /* Attention for query rows [i0, i1) of head h (NULL: attn_row per query). work:
+     * CPU_WORK_FLOATS floats, of which it needs cpu_attn_floats(a, i1) (the driver checks). */
+    void (*attn_task)(const kern_attn *a, int64_t h, int64_t i0, int64_t i1, float *work);
     void (*layernorm_row)(const float *x, float *y, int64_t n, const float *w, const float *b,
                           float eps);
     void (*rmsnorm_row)(const float *x, float *y, int64_t n, const float *w, float eps);

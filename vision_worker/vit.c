@@ -130,21 +130,11 @@ int vit_scratch_init_be(vit_scratch *s, kern_be *be, const vit_config *cfg, int 
     s->qkv = kern_alloc_floats(be, rows, 3 * W);
     s->mlp = kern_alloc_floats(be, rows, cfg->mlp_hidden);
     s->patches = kern_alloc_floats(be, NP, 3 * P * P);
-    int64_t Dh = W / cfg->heads;
     s->tokens = (int)T;
     int ok = s->x && s->h && s->qkv && s->mlp && s->patches;
-    if (be && !kern_is_host(be)) {
-        /* device: unfold on the host, upload once; attention is kern_attention (no per-head
-         * buffers) */
+    if (be && !kern_is_host(be)) {      /* device: unfold on the host, upload once */
         s->patches_host = kern_alloc_floats(NULL, NP, 3 * P * P);
         ok = ok && s->patches_host;
-    } else {
-        s->hq = kern_alloc_floats(be, T, Dh);
-        s->hk = kern_alloc_floats(be, T, Dh);
-        s->hvt = kern_alloc_floats(be, T, Dh);
-        s->ho = kern_alloc_floats(be, T, Dh);
-        s->scores = kern_alloc_floats(be, T, T);
-        ok = ok && s->hq && s->hk && s->hvt && s->ho && s->scores;
     }
     if (!ok) {
         vit_scratch_free(s);
@@ -160,8 +150,7 @@ int vit_scratch_init(vit_scratch *s, const vit_config *cfg, int max_batch, int t
 void vit_scratch_free(vit_scratch *s) {
     if (!s) return;
     kern_be *be = s->be;
-    float **bufs[] = {&s->x, &s->h, &s->qkv, &s->mlp, &s->patches, &s->hq, &s->hk, &s->hvt,
-                      &s->ho, &s->scores};
+    float **bufs[] = {&s->x, &s->h, &s->qkv, &s->mlp, &s->patches};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kern_release_floats(be, *bufs[i]);
     free(s->patches_host);
     memset(s, 0, sizeof *s);
@@ -216,55 +205,19 @@ static int vit_embed(kern_be *be, const vit_config *cfg, const vit_weights *w,
  * transformer block
  * ========================================================================================== */
 
-/* Self-attention of one head of one image as two GEMMs, because the encoder's T x T scores
- * (1025 x 1025 at 448 px) are dense work the matmul kernel does at near-peak speed:
- *   S [T, T] = (q_h * Dh^-0.5) · k_h^T;  P = softmax_rows(S);  o_h [T, Dh] = P · v_h
- * q/k/v of the head are gathered into contiguous [T, Dh] ([Dh, T] for v) first. */
-static int vit_head_attention(kern_be *be, const vit_config *cfg, const float *qkv, float *out,
-                              int T, int h, vit_scratch *s) {
-    int64_t W = cfg->width, Dh = W / cfg->heads;
-    float scale = 1.0f / sqrtf((float)Dh);
-    for (int64_t t = 0; t < T; t++) {
-        const float *row = qkv + t * 3 * W + h * Dh;
-        for (int64_t d = 0; d < Dh; d++) {
-            s->hq[t * Dh + d] = row[d] * scale;
-            s->hk[t * Dh + d] = row[W + d];
-            s->hvt[d * T + t] = row[2 * W + d];
-        }
-    }
-    kern_weight kw = {KERN_W_F32, T, Dh, s->hk, NULL};    /* keys as the "weight" [T, Dh] */
-    kern_weight vw = {KERN_W_F32, Dh, T, s->hvt, NULL};   /* v^T as the "weight" [Dh, T] */
-    KCALL(kern_matmul(be, s->hq, T, &kw, NULL, s->scores));
-    KCALL(kern_softmax(be, s->scores, s->scores, T, T, T));
-    KCALL(kern_matmul(be, s->scores, T, &vw, NULL, s->ho));
-    for (int64_t t = 0; t < T; t++)
-        memcpy(out + t * W + h * Dh, s->ho + t * Dh, (size_t)Dh * sizeof(float));
-    return TV_OK;
-}
-
-/* out [B*T, W] = multi-head self-attention of qkv [B*T, 3W] (rows [q|k|v]), per image.
- * On a device backend: the fused attention op, all heads of an image in one call (its host
- * per-head gathers cannot touch device memory, and the device kernel needs none). */
+/* out [B*T, W] = multi-head self-attention of qkv [B*T, 3W] (rows [q|k|v]), per image, all
+ * heads in one kern_attention call. */
 static int vit_self_attention(kern_be *be, const vit_config *cfg, const float *qkv, float *out,
-                              int B, int T, int lowp, vit_scratch *s) {
+                              int B, int T, int lowp) {
     int64_t W = cfg->width, Dh = W / cfg->heads;
-    if (!kern_is_host(be)) {
-        for (int b = 0; b < B; b++) {
-            const float *q = qkv + (size_t)b * T * 3 * W;
-            kern_attn a = {.q = q, .k = q + W, .v = q + 2 * W, .out = out + (size_t)b * T * W,
-                           .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W, .ldo = W, .tq = T, .tk = T,
-                           .heads = cfg->heads, .kv_heads = cfg->heads, .dim = Dh,
-                           .scale = 1.0f / sqrtf((float)Dh), .causal = 0, .lowp = lowp};
-            KCALL(kern_attention(be, &a));
-        }
-        return TV_OK;
+    for (int b = 0; b < B; b++) {
+        const float *q = qkv + (size_t)b * T * 3 * W;
+        kern_attn a = {.q = q, .k = q + W, .v = q + 2 * W, .out = out + (size_t)b * T * W,
+                       .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W, .ldo = W, .tq = T, .tk = T,
+                       .heads = cfg->heads, .kv_heads = cfg->heads, .dim = Dh,
+                       .scale = 1.0f / sqrtf((float)Dh), .causal = 0, .lowp = lowp};
+        KCALL(kern_attention(be, &a));
     }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < cfg->heads; h++) {
-            int rc = vit_head_attention(be, cfg, qkv + (size_t)b * T * 3 * W,
-                                        out + (size_t)b * T * W, T, h, s);
-            if (rc < 0) return rc;
-        }
     return TV_OK;
 }
 
@@ -276,7 +229,7 @@ static int vit_attn_residual(kern_be *be, const vit_config *cfg, const vit_block
     KCALL(kern_matmul(be, s->h, rows, &b->qkv, b->qkv_b, s->qkv));        /* [rows, 3W] */
     /* 16-bit or quantised weights: the attention may use 16-bit operands too */
     int lowp = b->qkv.type != KERN_W_F32;
-    int rc = vit_self_attention(be, cfg, s->qkv, s->h, B, T, lowp, s);       /* [rows, W]  */
+    int rc = vit_self_attention(be, cfg, s->qkv, s->h, B, T, lowp);       /* [rows, W]  */
     if (rc < 0) return rc;
     float *o = s->qkv;                     /* q/k/v are consumed: [rows, W] fits in [rows, 3W] */
     KCALL(kern_matmul(be, s->h, rows, &b->proj, b->proj_b, o));

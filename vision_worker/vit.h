@@ -5,8 +5,8 @@
  *               x += fc2(gelu_erf(fc1(LN2 x)))
  *   out = ln_vision(x)                                       no final norm inside the ViT
  *
- * A batch of B images runs every matmul as one [B*T, .] product; attention is per image and
- * per head, as two matmuls (scores, then probabilities · v) through kern_matmul.
+ * A batch of B images runs every matmul as one [B*T, .] product; attention is per image, all
+ * heads in one kern_attention call.
  * Weights are borrowed views (vision.h); scratch is allocated once by vit_scratch_init and the
  * forward functions never allocate. */
 #ifndef TV_VIT_H
@@ -56,10 +56,7 @@ typedef struct {
     float *qkv;                         /* [rows, 3W] */
     float *mlp;                         /* [rows, M] */
     float *patches;                     /* [max_batch * G*G, 3*P*P] unfolded pixels */
-    /* one head of one image at a time (attention as two matmuls, see vit.c) */
     int tokens;                         /* T the scratch was sized for */
-    float *hq, *hk, *hvt, *ho;          /* [T, Dh], [T, Dh], [Dh, T], [T, Dh] */
-    float *scores;                      /* [T, T] */
 } vit_scratch;
 
 /* Fills cfg from the manifest and checks it (divisibility, head_dim <= KERN_MAX_HEAD_DIM).

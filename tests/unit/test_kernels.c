@@ -419,7 +419,9 @@ static void test_rope(void) {
 /* ---- attention ------------------------------------------------------------------------------- */
 
 /* The naive triple loop in double: out[i, h, :] = softmax_j(scale q.k) v. */
-static void naive_attn(const kern_attn *a, float *out) {
+/* The reference in double; mag (optional, out's layout): each output's error scale,
+ * sum_j p_j |v_j| (an fp32 weighted sum's rounding is relative to this, not to the sum). */
+static void naive_attn(const kern_attn *a, float *out, float *mag) {
     int64_t grp = a->heads / (a->kv_heads ? a->kv_heads : a->heads);
     double *p = tv_xmalloc(sizeof(double) * (size_t)a->tk);
     for (int64_t i = 0; i < a->tq; i++)
@@ -437,8 +439,13 @@ static void naive_attn(const kern_attn *a, float *out) {
             for (int64_t j = 0; j < nk; j++) sum += (p[j] = exp(p[j] - mx));
             for (int64_t d = 0; d < a->dim; d++) {
                 double o = 0;
-                for (int64_t j = 0; j < nk; j++) o += p[j] * a->v[j * a->ldv + kh * a->dim + d];
+                double m = 0;
+                for (int64_t j = 0; j < nk; j++) {
+                    o += p[j] * a->v[j * a->ldv + kh * a->dim + d];
+                    m += p[j] * fabs(a->v[j * a->ldv + kh * a->dim + d]);
+                }
                 out[i * a->ldo + h * a->dim + d] = nk > 0 ? (float)(o / sum) : 0.0f;
+                if (mag) mag[i * a->ldo + h * a->dim + d] = nk > 0 ? (float)(m / sum) : 0.0f;
             }
         }
     free(p);
@@ -452,9 +459,9 @@ static void attn_case(int64_t tq, int64_t tk, int64_t heads, int64_t kv_heads, i
                    .ldq = heads * dim + pad, .ldk = kvh * dim + 2 * pad, .ldv = kvh * dim + pad,
                    .ldo = heads * dim + pad};
     float *q = rnd_buf(tq * a.ldq, 3), *k = rnd_buf(tk * a.ldk, 3), *v = rnd_buf(tk * a.ldv, 1);
-    float *want = rnd_buf(tq * a.ldo, 1), *got[3];
+    float *want = rnd_buf(tq * a.ldo, 1), *mag = rnd_buf(tq * a.ldo, 1), *got[3];
     a.q = q; a.k = k; a.v = v;
-    naive_attn(&a, want);
+    naive_attn(&a, want, mag);
     kern_be *bes[3] = {be_ref, be_simd, be_simd_mt};
     for (int b = 0; b < 3; b++) {
         got[b] = tv_xmalloc(sizeof(float) * (size_t)(tq * a.ldo));
@@ -462,13 +469,13 @@ static void attn_case(int64_t tq, int64_t tk, int64_t heads, int64_t kv_heads, i
         if (!bes[b]) continue;
         a.out = got[b];
         CHECK_OK(kern_attention(bes[b], &a));
-        double e = worst(got[b], want, NULL, tq * a.ldo, 1e-5, 1e-6);
+        double e = worst(got[b], want, mag, tq * a.ldo, 1e-5, 1e-6);
         CHECK_MSG(e <= 1, "%s attention tq=%lld tk=%lld h=%lld/%lld d=%lld causal=%d: %.3g",
                   kern_name(bes[b]), (long long)tq, (long long)tk, (long long)heads,
                   (long long)kvh, (long long)dim, causal, e);
     }
     if (be_simd) CHECK(memcmp(got[1], got[2], sizeof(float) * (size_t)(tq * a.ldo)) == 0);
-    free(q); free(k); free(v); free(want);
+    free(q); free(k); free(v); free(want); free(mag);
     for (int b = 0; b < 3; b++) free(got[b]);
 }
 
@@ -481,6 +488,9 @@ static void test_attention(void) {
     attn_case(32, 257, 2, 0, 64, 0, 3);                  /* Q-Former cross-attention */
     attn_case(5, 150, 4, 2, 80, 1, 0);                   /* prefill after a cached prefix, GQA */
     attn_case(9, 4, 1, 0, 16, 1, 0);                     /* more queries than keys: some see none */
+    /* several score blocks per task and several tasks per head (the blocked CPU kernel) */
+    attn_case(257, 257, 2, 0, 88, 0, 0);                 /* ViT at 224 px, two heads */
+    attn_case(130, 290, 3, 0, 80, 1, 4);                 /* long causal prefill after a prefix */
     /* decode == the last row of a causal prefill over the same cache */
     const int64_t heads = 4, dim = 80, lens[3] = {1, 70, 130}, ld = heads * dim;
     float *q = rnd_buf(3 * ld, 3), *out = rnd_buf(3 * ld, 1), *want = rnd_buf(ld, 1);
@@ -499,7 +509,7 @@ static void test_attention(void) {
             kern_attn a = {.q = q + s * ld, .k = kc[s], .v = vc[s], .out = want, .ldq = ld,
                            .ldk = ld, .ldv = ld, .ldo = ld, .tq = 1, .tk = lens[s],
                            .heads = heads, .dim = dim, .scale = 0.1118f, .causal = 1};
-            naive_attn(&a, want);
+            naive_attn(&a, want, NULL);
             CHECK_MSG(worst(out + s * ld, want, NULL, ld, 1e-5, 1e-6) <= 1, "%s decode seq %d",
                       kern_name(bes[b]), s);
         }
