@@ -475,24 +475,38 @@ static void pack_quadrant(const cpu_gemm *g, int q, int64_t n0, int64_t n1, int6
     }
 }
 
+/* y = s1 * x1 + s2 * x2 (x2 may be NULL: y = s1 * x1) for n floats: one pass, since every
+ * Strassen operand is a sum of at most two quadrants. */
+static void lincomb(float *y, float s1, const float *x1, float s2, const float *x2, int64_t n) {
+    __m256 v1 = _mm256_set1_ps(s1), v2 = _mm256_set1_ps(s2);
+    int64_t i = 0;
+    if (x2)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(v2, _mm256_loadu_ps(x2 + i),
+                                                    _mm256_mul_ps(v1, _mm256_loadu_ps(x1 + i))));
+    else
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(v1, _mm256_loadu_ps(x1 + i)));
+    for (; i < n; i++) y[i] = s1 * x1[i] + (x2 ? s2 * x2[i] : 0.0f);
+}
+
+/* The terms of an operand's coefficients (at most two: cpu_strassen): their quadrants and signs.
+ * Returns the number of terms. */
+static int terms_of(const signed char coef[4], int q[2], float s[2]) {
+    int n = 0;
+    for (int i = 0; i < 4 && n < 2; i++)
+        if (coef[i]) q[n] = i, s[n++] = (float)coef[i];
+    return n;
+}
+
 /* The B operand sum_q coef[q] * panel[q] (n floats each): one of the panels itself when it is a
- * single +1 term, else summed into sum. */
+ * single +1 term, else formed into sum. */
 static const float *b_operand(const signed char coef[4], float *const panel[4], int64_t n,
                               float *sum) {
-    int terms = 0, last = 0;
-    for (int q = 0; q < 4; q++)
-        if (coef[q]) terms++, last = q;
-    if (terms == 1 && coef[last] == 1) return panel[last];
-    int started = 0;
-    for (int q = 0; q < 4; q++) {
-        if (!coef[q]) continue;
-        __m256 s = _mm256_set1_ps((float)coef[q]);
-        for (int64_t i = 0; i < n; i += 8) {
-            __m256 v = _mm256_mul_ps(s, _mm256_load_ps(panel[q] + i));
-            _mm256_store_ps(sum + i, started ? _mm256_add_ps(_mm256_load_ps(sum + i), v) : v);
-        }
-        started = 1;
-    }
+    int q[2];
+    float sg[2];
+    int t = terms_of(coef, q, sg);
+    if (t == 1 && sg[0] == 1.0f) return panel[q[0]];
+    lincomb(sum, sg[0], panel[q[0]], sg[1], t > 1 ? panel[q[1]] : NULL, n);
     return sum;
 }
 
@@ -512,25 +526,21 @@ static void a_sums(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t k0, int64_
                    float *buf, float *base[]) {
     int64_t rows = (i1 - i0 + MR - 1) / MR * MR;
     for (int p = 0; p < g->n_prod; p++) {
-        const signed char *coef = g->prod[p].a;
-        int terms = 0, last = 0;
-        for (int q = 0; q < 4; q++)
-            if (coef[q]) terms++, last = q;
+        int q[2];
+        float sg[2];
+        int t = terms_of(g->prod[p].a, q, sg);
         base[p] = NULL;
-        if (terms == 1 && coef[last] == 1) continue;
+        if (t == 1 && sg[0] == 1.0f) continue;
         base[p] = buf;
         for (int64_t r = 0; r < rows; r++, buf += kc) {
-            memset(buf, 0, (size_t)kc * sizeof(float));
-            for (int q = 0; q < 4; q++) {
-                const float *src = coef[q] ? a_row(g, q, i0 + r, k0) : NULL;
-                if (!src) continue;
-                __m256 s = _mm256_set1_ps((float)coef[q]);
-                int64_t kk = 0;
-                for (; kk + 8 <= kc; kk += 8)
-                    _mm256_storeu_ps(buf + kk, _mm256_fmadd_ps(s, _mm256_loadu_ps(src + kk),
-                                                               _mm256_loadu_ps(buf + kk)));
-                for (; kk < kc; kk++) buf[kk] += (float)coef[q] * src[kk];
-            }
+            const float *x1 = a_row(g, q[0], i0 + r, k0);
+            const float *x2 = t > 1 ? a_row(g, q[1], i0 + r, k0) : NULL;
+            float s1 = sg[0], s2 = sg[1];
+            if (!x1) x1 = x2, s1 = s2, x2 = NULL;       /* the first term's row is past x */
+            if (x1)
+                lincomb(buf, s1, x1, s2, x2, kc);
+            else
+                memset(buf, 0, (size_t)kc * sizeof(float));
         }
     }
 }
@@ -565,39 +575,43 @@ static void avx2_gemm_task(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t n0
             if (g->prod[p].b[q]) need[q] = 1;
             if (g->prod[p].c[q] && first[q] < 0) first[q] = p;
         }
-    int64_t N = g->n, panel_cols = (n1 - n0 + NR - 1) / NR * NR;
+    int64_t N = g->n;
     for (int64_t k0 = 0; k0 < g->kh; k0 += CPU_MM_KC) {
         int64_t kc = g->kh - k0 < CPU_MM_KC ? g->kh - k0 : CPU_MM_KC;
-        for (int q = 0; q < 4; q++)
-            if (need[q]) pack_quadrant(g, q, n0, n1, k0, kc, panel[q]);
         a_sums(g, i0, i1, k0, kc, work + 5 * CPU_PANEL_FLOATS, asum);
-        for (int p = 0; p < g->n_prod; p++) {
-            const cpu_mm_product *pr = &g->prod[p];
-            const float *bp = b_operand(pr->b, panel, panel_cols * kc, bsum);
-            for (int64_t i = i0; i < i1; i += MR) {
-                const float *a[MR];
-                a_operand(g, pr->a, asum[p], i, i0, k0, kc, a);
-                mm_dst d[4];
-                int nd = 0;
-                for (int q = 0; q < 4; q++) {
-                    if (!pr->c[q]) continue;
-                    int64_t row = (q >> 1) * g->mh + i, rows = i1 - i < MR ? i1 - i : MR;
-                    if (g->m - row < rows) rows = g->m - row;
-                    if (rows <= 0) continue;
-                    d[nd++] = (mm_dst){.y = g->y + row * N + (q & 1) * g->nh,
-                                       .bias = g->bias ? g->bias + (q & 1) * g->nh : NULL,
-                                       .sign = (float)pr->c[q], .init = k0 == 0 && first[q] == p,
-                                       .rows = rows};
-                }
-                for (int64_t jp = n0; jp < n1; jp += NR) {
-                    mm_dst dj[4];
-                    for (int t = 0; t < nd; t++) {
-                        dj[t] = d[t];
-                        dj[t].y += jp;
-                        if (dj[t].bias) dj[t].bias += jp;
-                        dj[t].cols = n1 - jp < NR ? n1 - jp : NR;
+        for (int64_t c0 = n0; c0 < n1; c0 += CPU_MM_NC) {     /* column blocks of the range */
+            int64_t c1 = c0 + CPU_MM_NC < n1 ? c0 + CPU_MM_NC : n1;
+            int64_t panel_cols = (c1 - c0 + NR - 1) / NR * NR;
+            for (int q = 0; q < 4; q++)
+                if (need[q]) pack_quadrant(g, q, c0, c1, k0, kc, panel[q]);
+            for (int p = 0; p < g->n_prod; p++) {
+                const cpu_mm_product *pr = &g->prod[p];
+                const float *bp = b_operand(pr->b, panel, panel_cols * kc, bsum);
+                for (int64_t i = i0; i < i1; i += MR) {
+                    const float *a[MR];
+                    a_operand(g, pr->a, asum[p], i, i0, k0, kc, a);
+                    mm_dst d[4];
+                    int nd = 0;
+                    for (int q = 0; q < 4; q++) {
+                        if (!pr->c[q]) continue;
+                        int64_t row = (q >> 1) * g->mh + i, rows = i1 - i < MR ? i1 - i : MR;
+                        if (g->m - row < rows) rows = g->m - row;
+                        if (rows <= 0) continue;
+                        d[nd++] = (mm_dst){.y = g->y + row * N + (q & 1) * g->nh,
+                                           .bias = g->bias ? g->bias + (q & 1) * g->nh : NULL,
+                                           .sign = (float)pr->c[q],
+                                           .init = k0 == 0 && first[q] == p, .rows = rows};
                     }
-                    micro_6x16(a, bp + ((jp - n0) / NR) * kc * NR, kc, dj, nd, N);
+                    for (int64_t jp = c0; jp < c1; jp += NR) {
+                        mm_dst dj[4];
+                        for (int t = 0; t < nd; t++) {
+                            dj[t] = d[t];
+                            dj[t].y += jp;
+                            if (dj[t].bias) dj[t].bias += jp;
+                            dj[t].cols = c1 - jp < NR ? c1 - jp : NR;
+                        }
+                        micro_6x16(a, bp + ((jp - c0) / NR) * kc * NR, kc, dj, nd, N);
+                    }
                 }
             }
         }

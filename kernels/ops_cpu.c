@@ -69,6 +69,18 @@ static void cpu_mm_split(const cpu_be *c, int64_t rows, int64_t cols, int64_t ma
     if (*mc > max_mc) *mc = max_mc;
 }
 
+/* Strassen tasks: all quadrant rows (up to CPU_MM_STRASSEN_MC) by a wide column range that
+ * the task walks in NC blocks. Its A sums are formed once per K block for the whole range, so
+ * few, wide tasks (CPU_STRASSEN_TASKS per thread) form them least often. */
+#define CPU_STRASSEN_TASKS 1
+
+static void cpu_strassen_split(const cpu_be *c, int64_t rows, int64_t cols, int64_t *mc,
+                               int64_t *nc) {
+    *mc = rows < CPU_MM_STRASSEN_MC ? rows : CPU_MM_STRASSEN_MC;
+    int64_t n_split = cpu_cdiv((int64_t)CPU_STRASSEN_TASKS * c->n_threads, cpu_cdiv(rows, *mc));
+    *nc = cpu_cdiv(cpu_cdiv(cols, n_split), 16) * 16;
+}
+
 typedef struct {
     cpu_be *c;
     const float *x, *bias;
@@ -113,7 +125,10 @@ static int cpu_matmul(kern_be *be, const float *x, int64_t m, const kern_weight 
         }
         j.m = g->mh;
         j.n = g->nh;
-        cpu_mm_split(j.c, j.m, j.n, g->n_prod > 1 ? CPU_MM_STRASSEN_MC : j.m, &j.mc, &j.nc);
+        if (g->n_prod > 1)
+            cpu_strassen_split(j.c, j.m, j.n, &j.mc, &j.nc);
+        else
+            cpu_mm_split(j.c, j.m, j.n, j.m, &j.mc, &j.nc);
     }
     j.n_mblk = cpu_cdiv(j.m, j.mc);
     j.n_nblk = cpu_cdiv(j.n, j.nc);
