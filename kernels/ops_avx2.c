@@ -7,7 +7,10 @@
  * 32-block at a time and scaled once per block; the next rows are software-prefetched (decode is
  * a stream of short rows the hardware prefetcher ramps up on too late). Large M (prefill, the
  * vision encoder) packs a KC x NC block of W, converted to f32, into 16-column panels in the
- * per-thread scratch, then runs a 6x16 register-tiled FMA micro-kernel over it. */
+ * per-thread scratch, once for all of a task's (many) rows, then runs a 6x16 register-tiled FMA
+ * micro-kernel over it that adds into y in registers; the same task code runs the seven
+ * quadrant products of Strassen's algorithm (ops_cpu.h). Attention over many queries runs on
+ * the same micro-kernel: scores against packed keys, then probabilities against packed values. */
 #include <stddef.h>
 #include <stdint.h>
 

@@ -414,7 +414,7 @@ int kern_cpu_new(int n_threads, int isa, kern_be **out) {
     cpu_be *c = tv_xcalloc(1, sizeof *c);
     c->isa = k;
     c->n_threads = n_threads;
-    const char *st = getenv("TINYVLM_STRASSEN");     /* "1": allow Strassen (docs/engine.md) */
+    const char *st = getenv("TINYVLM_STRASSEN");     /* "1": allow Strassen (README) */
     c->strassen = st && strcmp(st, "1") == 0;
     if (n_threads > 1 && !(c->pool = pool_new(n_threads))) {
         free(c);
