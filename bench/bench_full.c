@@ -191,12 +191,17 @@ static dtype_id wt_dtype(kern_wtype t) {
 }
 
 /* A matrix [n, k] of type t (t quantised and k not a multiple of 32: F16, as convert stores it).
- * Its buffers are malloc'd; *bytes grows by what one forward pass reads. */
+ * Its data is 64-byte aligned (posix_memalign), so where malloc happens to put it cannot move
+ * the timings; *bytes grows by what one forward pass reads. */
 static kern_weight make_matrix(kern_wtype t, int64_t n, int64_t k, double *bytes) {
     if ((t == KERN_W_Q8 || t == KERN_W_Q4) && k % QUANT_BLOCK) t = KERN_W_F16;
     kern_weight w = {.type = t, .n = n, .k = k};
     size_t b = wt_elem_bytes(t, n, k);
-    void *d = tv_xmalloc(b);
+    void *d = NULL;
+    if (posix_memalign(&d, 64, b) != 0) {
+        fprintf(stderr, "bench_full: out of memory (%zu bytes)\n", b);
+        exit(1);
+    }
     fill(d, b, t);
     w.data = d;
     *bytes += (double)b;

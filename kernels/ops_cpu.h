@@ -17,7 +17,7 @@
 #define CPU_MM_TASKS 8        /* large-M tasks per thread to aim for (load balance) */
 #define CPU_MM_NC 192
 #define CPU_MM_KC 384
-#define CPU_MM_STRASSEN_MC 528   /* most quadrant rows per Strassen task (scratch below) */
+#define CPU_MM_STRASSEN_MC 264   /* most quadrant rows per Strassen task (scratch below) */
 /* Per-thread scratch, in floats: the four packed KC x NC weight-quadrant panels a Strassen
  * task needs, one more for their sums, and the five A-quadrant sums of its rows for one K
  * block (a plain matmul uses the first panel only). */
