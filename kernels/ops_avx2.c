@@ -488,11 +488,13 @@ static void lincomb(float *y, float s1, const float *x1, float s2, const float *
             _mm256_storeu_ps(y + i, _mm256_fmadd_ps(v2, _mm256_loadu_ps(x2 + i),
                                                     _mm256_mul_ps(v1, _mm256_loadu_ps(x1 + i))));
     else
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(v1, _mm256_loadu_ps(x1 + i)));
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_mul_ps(v1, _mm256_loadu_ps(x1 + i)));
     for (; i < n; i++) y[i] = s1 * x1[i] + (x2 ? s2 * x2[i] : 0.0f);
 }
 
-/* The terms of an operand's coefficients (at most two: cpu_strassen): their quadrants and signs.
+/* The terms of an operand's coefficients (at most two in Strassen's products): their quadrants
+ * and signs.
  * Returns the number of terms. */
 static int terms_of(const signed char coef[4], int q[2], float s[2]) {
     int n = 0;
@@ -621,14 +623,10 @@ static void avx2_gemm_task(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t n0
     }
 }
 
+/* Small M only (the driver sends larger M to avx2_gemm_task). */
 static void avx2_matmul_tile(const float *x, const kern_weight *w, const float *bias, float *y,
                              int64_t i0, int64_t i1, int64_t n0, int64_t n1, float *work) {
-    if (i1 - i0 > CPU_MM_SMALL_M) {
-        cpu_gemm g = {.x = x, .w = w, .bias = bias, .y = y, .m = i1, .k = w->k, .n = w->n,
-                      .mh = i1, .kh = w->k, .nh = w->n, .prod = &cpu_plain_product, .n_prod = 1};
-        avx2_gemm_task(&g, i0, i1, n0, n1, work);
-        return;
-    }
+    (void)work;
     const float *xr = x + i0 * w->k;
     float *yr = y + i0 * w->n;
     switch (w->type) {

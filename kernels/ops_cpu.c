@@ -30,9 +30,11 @@ static int64_t cpu_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* ---- matmul ------------------------------------------------------------------------------ */
 
-const cpu_mm_product cpu_plain_product = {{1, 0, 0, 0}, {1, 0, 0, 0}, {1, 0, 0, 0}};
+/* A plain matmul as one "product" of the whole matrices (quadrant 0 = everything). */
+static const cpu_mm_product cpu_plain_product = {{1, 0, 0, 0}, {1, 0, 0, 0}, {1, 0, 0, 0}};
 
-const cpu_mm_product cpu_strassen[7] = {
+/* Strassen's seven products (ops_cpu.h, cpu_mm_product). */
+static const cpu_mm_product cpu_strassen[7] = {
     /*        A11 A12 A21 A22      B11 B12 B21 B22      C11 C12 C21 C22 */
     /* M1 */ {{1, 0, 0, 1},      {1, 0, 0, 1},        {1, 0, 0, 1}},
     /* M2 */ {{0, 0, 1, 1},      {1, 0, 0, 0},        {0, 0, 1, -1}},

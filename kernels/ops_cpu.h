@@ -34,13 +34,10 @@ typedef struct {
     signed char a[4], b[4], c[4];
 } cpu_mm_product;
 
-extern const cpu_mm_product cpu_strassen[7];
-extern const cpu_mm_product cpu_plain_product;   /* levels 0: a = b = c = quadrant 0 only */
-
 /* One large-M matmul as an ISA's gemm_task sees it: y = x . W^T (+ bias) as n_prod products of
- * [mh, kh] x [kh, nh] quadrants. Plain: one product, mh = m, kh = k, nh = n. Strassen:
- * cpu_strassen, mh = ceil(m / 2) (an odd m's missing last row of the lower quadrants reads as
- * zeros and is never written), kh = k / 2, nh = n / 2 (k and n even). */
+ * [mh, kh] x [kh, nh] quadrants. Plain: one product, mh = m, kh = k, nh = n. Strassen: the seven
+ * products (ops_cpu.c), mh = ceil(m / 2) (an odd m's missing last row of the lower quadrants
+ * reads as zeros and is never written), kh = k / 2, nh = n / 2 (k and n even). */
 typedef struct {
     const float *x;           /* [m, k] */
     const kern_weight *w;     /* [n, k] */
@@ -62,7 +59,8 @@ static inline int64_t cpu_attn_floats(int64_t tk, int64_t dim) {
 typedef struct {
     const char *name;
     /* y[i, j] = x[i, :] . W[j, :] (+ bias[j]) for i in [i0, i1), j in [n0, n1); x stride w->k,
-     * y stride w->n. work: CPU_WORK_FLOATS floats of this thread's scratch. */
+     * y stride w->n. work: CPU_WORK_FLOATS floats of this thread's scratch. Called for every M
+     * when gemm_task is NULL, else only for M <= CPU_MM_SMALL_M. */
     void (*matmul_tile)(const float *x, const kern_weight *w, const float *bias, float *y,
                         int64_t i0, int64_t i1, int64_t n0, int64_t n1, float *work);
     /* The large-M path (NULL: matmul_tile does every M): rows [i0, i1) and columns [n0, n1) of
