@@ -34,6 +34,7 @@
 
 #include "dtype.h"
 #include "err.h"
+#include "machine_limits.h"
 #include "manifest.h"
 #include "ops.h"
 #include "phi.h"
@@ -52,78 +53,7 @@ static void die(const char *what) {
     exit(1);
 }
 
-/* ---- the machine's limits ----------------------------------------------------------------- */
-
-#define BW_SLICE (1 << 17) /* uint64 per task: 1 MiB */
-typedef struct { const uint64_t *buf; uint64_t *part; } bw_ctx;
-
-static void bw_task(void *ctx, int64_t task, int thread) {
-    bw_ctx *c = ctx;
-    const uint64_t *p = c->buf + task * BW_SLICE;
-    uint64_t a = 0, b = 0, d = 0, e = 0;
-    for (int64_t i = 0; i < BW_SLICE; i += 4) {
-        a += p[i];
-        b += p[i + 1];
-        d += p[i + 2];
-        e += p[i + 3];
-    }
-    c->part[task] = a + b + d + e;
-}
-
-/* GB/s reading a 1 GiB buffer on all threads, best of 5 (a neighbour only ever slows a run). */
-static double bandwidth(pool *p) {
-    const int64_t n = (int64_t)1 << 27, tasks = n / BW_SLICE;
-    uint64_t *buf = tv_xmalloc((size_t)n * 8), *part = tv_xcalloc((size_t)tasks, 8);
-    for (int64_t i = 0; i < n; i++) buf[i] = (uint64_t)i;
-    bw_ctx c = {buf, part};
-    double best = 1e30;
-    for (int r = 0; r < 5; r++) {
-        double t = now();
-        pool_run(p, tasks, bw_task, &c);
-        t = now() - t;
-        best = t < best ? t : best;
-    }
-    volatile uint64_t sink = 0;
-    for (int64_t i = 0; i < tasks; i++) sink += part[i];
-    free(buf);
-    free(part);
-    return (double)n * 8 / best / 1e9;
-}
-
-#define FMA_ITERS 20000000L
-
-__attribute__((target("avx2,fma"))) static void fma_task(void *ctx, int64_t task, int thread) {
-    typedef float v8 __attribute__((vector_size(32)));
-    v8 m = {1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f,
-            1.0000001f};
-    /* ten independent chains cover FMA latency x ports on current x86 cores */
-    v8 a0 = m, a1 = m * 2, a2 = m * 3, a3 = m * 4, a4 = m * 5, a5 = m * 6, a6 = m * 7,
-       a7 = m * 8, a8 = m * 9, a9 = m * 10;
-    for (long it = 0; it < FMA_ITERS; it++)
-        __asm__ volatile("vfmadd213ps %10, %10, %0\n\tvfmadd213ps %10, %10, %1\n\t"
-                         "vfmadd213ps %10, %10, %2\n\tvfmadd213ps %10, %10, %3\n\t"
-                         "vfmadd213ps %10, %10, %4\n\tvfmadd213ps %10, %10, %5\n\t"
-                         "vfmadd213ps %10, %10, %6\n\tvfmadd213ps %10, %10, %7\n\t"
-                         "vfmadd213ps %10, %10, %8\n\tvfmadd213ps %10, %10, %9"
-                         : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5),
-                           "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9)
-                         : "x"(m));
-    v8 s = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9;
-    ((volatile float *)ctx)[task] = s[0];
-}
-
-/* GFLOP/s of register-only ymm FMA on every thread, best of 5. */
-static double fma_peak(pool *p, int threads) {
-    float sink[256];
-    double best = 1e30;
-    for (int rep = 0; rep < 5; rep++) {
-        double t = now();
-        pool_run(p, threads, fma_task, sink);
-        t = now() - t;
-        best = t < best ? t : best;
-    }
-    return (double)threads * FMA_ITERS * 10 * 16 / best / 1e9;
-}
+/* ---- the machine's limits: machine_limits.h ---------------------------------------------- */
 
 /* Peak resident set of this process (VmHWM), bytes. */
 static double vm_hwm(void) {
@@ -598,7 +528,7 @@ int main(int argc, char **argv) {
     exe[n] = 0;
     pool *p = pool_new(threads);
     if (!p) die("pool_new");
-    double bw = bandwidth(p), peak = fma_peak(p, threads);
+    double bw = lim_bandwidth(p), peak = lim_fma_peak(p);
     printf("bench_full: %d threads; memory read bandwidth %.1f GB/s (1 GiB streaming sum, best of "
            "5); FMA peak %.1f GFLOP/s (register-only ymm FMA, best of 5)\n", threads, bw, peak);
     fflush(stdout);
@@ -628,7 +558,7 @@ int main(int argc, char **argv) {
         }
     }
     /* a neighbour's load only ever lowers a measurement: the higher of the two is the limit */
-    double bw2 = bandwidth(p), peak2 = fma_peak(p, threads);
+    double bw2 = lim_bandwidth(p), peak2 = lim_fma_peak(p);
     printf("after the runs: memory read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s\n", bw2, peak2);
     bw = bw2 > bw ? bw2 : bw;
     peak = peak2 > peak ? peak2 : peak;

@@ -16,6 +16,7 @@
 #include "clock.h"
 #include "dtype.h"
 #include "err.h"
+#include "machine_limits.h"
 #include "ops.h"
 #include "phi.h"
 #include "pool.h"
@@ -32,54 +33,6 @@ static uint64_t next(void) {
     rng ^= rng >> 7;
     rng ^= rng << 17;
     return rng;
-}
-
-/* ---- memory read bandwidth: threads sum 1 MiB slices of a 1 GiB buffer ---------------------- */
-
-#define SLICE (1 << 17) /* uint64 per task */
-typedef struct { const uint64_t *buf; uint64_t *part; } bw_ctx;
-
-static void bw_task(void *ctx, int64_t task, int thread) {
-    (void)thread;
-    bw_ctx *c = ctx;
-    const uint64_t *p = c->buf + task * SLICE;
-    uint64_t a = 0, b = 0, d = 0, e = 0;
-    for (int64_t i = 0; i < SLICE; i += 4) {
-        a += p[i];
-        b += p[i + 1];
-        d += p[i + 2];
-        e += p[i + 3];
-    }
-    c->part[task] = a + b + d + e;
-}
-
-static double bandwidth(int threads) {
-    const int64_t n = (int64_t)1 << 27, tasks = n / SLICE; /* 1 GiB */
-    uint64_t *buf = malloc((size_t)n * 8), *part = calloc((size_t)tasks, 8);
-    pool *p = pool_new(threads);
-    if (!buf || !part || !p) {
-        fprintf(stderr, "bench_phi: no memory for the bandwidth buffer\n");
-        exit(1);
-    }
-    for (int64_t i = 0; i < n; i++)
-        buf[i] = (uint64_t)i;
-    bw_ctx c = {buf, part};
-    double best = 1e30;
-    for (int r = 0; r < 5; r++) {
-        double t = clk_now_s();
-        pool_run(p, tasks, bw_task, &c);
-        t = clk_now_s() - t;
-        best = t < best ? t : best;
-    }
-    uint64_t sum = 0;
-    for (int64_t i = 0; i < tasks; i++)
-        sum += part[i];
-    if (sum == 42)
-        printf(" ");
-    pool_free(p);
-    free(buf);
-    free(part);
-    return (double)n * 8 / best / 1e9;
 }
 
 /* ---- random weights ----------------------------------------------------------------------- */
@@ -252,7 +205,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_phi: %s\n", err_msg());
         return 1;
     }
-    double bw = bandwidth(threads);
+    pool *lp = pool_new(threads);
+    double bw = lim_bandwidth(lp);
+    pool_free(lp);
     printf("backend %s; memory read bandwidth %.1f GB/s; Phi-2 32x2560, FFN 10240, vocab 51200\n",
            kern_name(be), bw);
     const char *names[3] = {"q8", "f16", "f32"};

@@ -16,51 +16,11 @@
 #include "clock.h"
 #include "dtype.h"
 #include "err.h"
+#include "machine_limits.h"
 #include "manifest.h"
 #include "ops.h"
 #include "pool.h"
 #include "vision.h"
-
-/* ---- FMA peak: register-only vfmadd chains on every thread ------------------------------- */
-
-#define FMA_ITERS 20000000L
-
-__attribute__((target("avx2,fma"))) static void fma_task(void *ctx, int64_t task, int thread) {
-    typedef float v8 __attribute__((vector_size(32)));
-    v8 m = {1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f, 1.0000001f,
-            1.0000001f};
-    /* ten independent accumulators cover FMA latency x ports on current x86 cores */
-    v8 a0 = m, a1 = m * 2, a2 = m * 3, a3 = m * 4, a4 = m * 5, a5 = m * 6, a6 = m * 7,
-       a7 = m * 8, a8 = m * 9, a9 = m * 10;
-    for (long it = 0; it < FMA_ITERS; it++) {
-        __asm__ volatile(
-            "vfmadd213ps %10, %10, %0\n\tvfmadd213ps %10, %10, %1\n\t"
-            "vfmadd213ps %10, %10, %2\n\tvfmadd213ps %10, %10, %3\n\t"
-            "vfmadd213ps %10, %10, %4\n\tvfmadd213ps %10, %10, %5\n\t"
-            "vfmadd213ps %10, %10, %6\n\tvfmadd213ps %10, %10, %7\n\t"
-            "vfmadd213ps %10, %10, %8\n\tvfmadd213ps %10, %10, %9"
-            : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5), "+x"(a6), "+x"(a7),
-              "+x"(a8), "+x"(a9)
-            : "x"(m));
-    }
-    v8 s = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9;
-    ((volatile float *)ctx)[task] = s[0];
-}
-
-/* Best of 5 runs: on a shared machine a neighbour's burst only ever lowers a run. */
-static double fma_peak(int threads) {
-    pool *p = pool_new(threads);
-    float sink[1024];
-    double best = 1e30;
-    for (int rep = 0; rep < 5; rep++) {
-        double t = clk_now_s();
-        pool_run(p, threads, fma_task, sink);
-        t = clk_now_s() - t;
-        if (t < best) best = t;
-    }
-    pool_free(p);
-    return (double)threads * FMA_ITERS * 10 * 16 / best / 1e9;
-}
 
 /* ---- FLOPs of one image (2 per multiply-add; matmuls and attention) ---------------------- */
 
@@ -234,7 +194,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_vision: %s\n", err_msg());
         return 1;
     }
-    double peak = fma_peak(threads);
+    pool *lp = pool_new(threads);
+    double peak = lim_fma_peak(lp);
     printf("FMA peak: %.1f GFLOP/s (register-only ymm FMA, best of 5, %d threads)\n", peak,
            threads);
     int rc = 0;
@@ -246,7 +207,8 @@ int main(int argc, char **argv) {
             rc = run(be, m, types[d], peak);
         }
     /* measured again: if the machine was busier at the start, the fractions above are high */
-    printf("FMA peak after the runs: %.1f GFLOP/s\n", fma_peak(threads));
+    printf("FMA peak after the runs: %.1f GFLOP/s\n", lim_fma_peak(lp));
+    pool_free(lp);
     kern_free(be);
     manifest_free(m);
     return rc < 0 ? 1 : 0;
