@@ -7,6 +7,10 @@ for RESULTS.md's "tinyvlm / PyTorch" ratios (issue 3: target >= 1.2x for encode 
           attention every 2nd layer over the 1408-wide image tokens, 32 queries) + the two
           projections 768 -> 4096 -> 2560; one image at 224 and at 448 (the 448 model is the 224
           one with its position embedding interpolated, as TinyGPT-V's 448 stages do).
+          Timed twice, with each attention the same weights can run:
+            sdpa  — HF's default, torch's fused scaled_dot_product_attention (the faster one);
+            eager — q.k^T, softmax, .v as three ops: what TinyGPT-V's own code runs (its
+                    eva_vit.py Attention and LAVIS's BERT Q-Former compute attention this way).
   LM:     HF PhiForCausalLM with Phi-2's shapes (32 layers, 2560, 32 x 80 heads, partial rotary
           0.4 = 32 dims, FFN 10240, vocab 51200, qk_layernorm as TinyGPT-V): prefill T tokens,
           then batch-1 decode steps with the KV cache (past_key_values), as a serving loop does.
@@ -18,6 +22,7 @@ MKL as this torch build has them). Timing as bench_full: encodes and prefills be
 the median step. Prints one "@torch" line per figure for the lead's table.
 
 Usage: python3 bench/bench_torch.py [--threads 2] [--prefill 128] [--decode 8] [--sides vision,lm]
+                                   [--attn sdpa,eager]
 """
 import argparse
 import os
@@ -49,7 +54,7 @@ def init_(model):
     return model.eval()
 
 
-def bench_vision(reps224):
+def bench_vision(reps224, impls):
     from transformers import (Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig,
                               Blip2VisionModel)
     vcfg = Blip2VisionConfig(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
@@ -74,12 +79,16 @@ def bench_vision(reps224):
 
     res = {}
     with torch.inference_mode():
-        for size, reps in ((224, reps224), (448, 2)):   # best of 2, as bench_full
-            px = torch.randn(1, 3, size, size)
-            t, emb = timed(lambda: encode(px, size != 224), reps)
-            assert emb.shape == (1, 32, 2560)
-            print(f"@torch vision {size} {t:.4f}", flush=True)
-            res[size] = t
+        for impl in impls:
+            vit.set_attn_implementation(impl)
+            qf.set_attn_implementation(impl)
+            tag = "@torch" if impl == "sdpa" else "@torch-" + impl
+            for size, reps in ((224, reps224), (448, 2)):   # best of 2, as bench_full
+                px = torch.randn(1, 3, size, size)
+                t, emb = timed(lambda: encode(px, size != 224), reps)
+                assert emb.shape == (1, 32, 2560)
+                print(f"{tag} vision {size} {t:.4f}", flush=True)
+                res[impl, size] = t
     return res
 
 
@@ -129,15 +138,22 @@ def main():
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=8)
     ap.add_argument("--sides", default="vision,lm")
+    ap.add_argument("--attn", default="sdpa,eager",
+                    help="vision attention implementations to time: sdpa, eager or both")
     a = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     if "vision" in a.sides:
-        v = bench_vision(2)
-        print(f"vision encode (ViT-g + Q-Former + projections): 224: {v[224]:.2f} s/image, "
-              f"448: {v[448]:.2f} s/image", flush=True)
+        impls = [x for x in a.attn.split(",") if x]
+        bad = [x for x in impls if x not in ("sdpa", "eager")]
+        if bad or not impls:
+            ap.error(f"--attn: expected sdpa and/or eager, got {a.attn!r}")
+        v = bench_vision(2, impls)
+        for impl in impls:
+            print(f"vision encode (ViT-g + Q-Former + projections), {impl} attention: "
+                  f"224: {v[impl, 224]:.2f} s/image, 448: {v[impl, 448]:.2f} s/image", flush=True)
     if "lm" in a.sides:
         tp, td = bench_lm(a.prefill, a.decode)
         print(f"Phi-2 fp32: prefill {a.prefill} tokens {a.prefill / tp:.1f} tok/s, decode batch 1 "
