@@ -58,13 +58,18 @@ static int cpu_use_strassen(const cpu_be *c, int64_t m, const kern_weight *w) {
            w->n >= CPU_STRASSEN_MIN_KN && w->k % kalign == 0 && w->n % 2 == 0;
 }
 
-/* Large-M tasks: column blocks of NC, each over as many rows as still leaves CPU_MM_TASKS tasks
- * per thread (at least CPU_MM_MC rows). A task packs its weight panel once per K block and uses
- * it for all its rows, so fewer, taller tasks pack less. The split never changes a result: each
- * y element's sum runs over the same K blocks in the same order whatever the tile. */
+/* Large-M tasks: column blocks of at most NC, each over as many rows as still leaves
+ * CPU_MM_TASKS tasks per thread (at least CPU_MM_MC rows). A task packs its weight panel once
+ * per K block and uses it for all its rows, so fewer, taller tasks pack less. The column blocks
+ * come in a multiple of the thread count and have equal widths (whole 16-column panels), so the
+ * threads finish together: with fixed 192-wide blocks, ViT-g's 1408 outputs made seven full
+ * blocks and a 64-wide one, and the rows were cut in two to even that out (fc2 ran 6-7% slower).
+ * The split never changes a result: each y element's sum runs over the same K blocks in the
+ * same order whatever the tile. */
 static void cpu_mm_split(const cpu_be *c, int64_t rows, int64_t cols, int64_t max_mc,
                          int64_t *mc, int64_t *nc) {
-    *nc = CPU_MM_NC;
+    int64_t nblk = cpu_cdiv(cpu_cdiv(cols, CPU_MM_NC), c->n_threads) * c->n_threads;
+    *nc = cpu_cdiv(cpu_cdiv(cols, CPU_MM_NR), nblk) * CPU_MM_NR;    /* <= CPU_MM_NC */
     int64_t m_split = cpu_cdiv((int64_t)CPU_MM_TASKS * c->n_threads, cpu_cdiv(cols, *nc));
     *mc = cpu_cdiv(cpu_cdiv(rows, m_split), CPU_MM_MALIGN) * CPU_MM_MALIGN;
     if (*mc < CPU_MM_MC) *mc = CPU_MM_MC;

@@ -14,7 +14,8 @@
 #define CPU_MM_NCHUNK 64      /* columns per task when M is small */
 #define CPU_MM_MC 96          /* fewest rows per large-M task */
 #define CPU_MM_MALIGN 24      /* large-M task rows are a multiple of this (of any MR) */
-#define CPU_MM_TASKS 8        /* large-M tasks per thread to aim for (load balance) */
+#define CPU_MM_TASKS 4        /* large-M tasks per thread to aim for (load balance) */
+#define CPU_MM_NR 16          /* large-M column blocks are whole panels of this many */
 #define CPU_MM_NC 192
 #define CPU_MM_KC 384
 #define CPU_MM_STRASSEN_MC 264   /* most quadrant rows per Strassen task (scratch below) */
