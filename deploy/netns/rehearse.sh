@@ -70,7 +70,9 @@ restore_link() { ip -n "$ns_sw" link set "p-$1" up; }
 # ---- the services, each on its own host ------------------------------------------------------------
 start() {  # start HOST LOGNAME CMD...: runs CMD in HOST's namespace in the background
   local h=$1 log=$2; shift 2
-  in_ns "$h" "$@" >"$work/$log.log" 2>&1 &
+  # A simple command, not the in_ns function: bash then execs ip, and ip execs CMD, so $! is
+  # the daemon itself (through a function it was a subshell, and killing it left CMD running).
+  ip netns exec "$(ns "$h")" "$@" >"$work/$log.log" 2>&1 &
   pids+=($!)
 }
 start redis redis redis-server --bind 0.0.0.0 --port 6379 --protected-mode no --save '' \
