@@ -327,7 +327,7 @@ DEF_ROWDOT(rowdot_bf16, ld_bf16, 2)
 
 #define MR 6
 #define NR 16
-_Static_assert(NR == CPU_MM_NR, "large-M column blocks are cut in whole NR panels");
+_Static_assert(MR == CPU_MM_MR && NR == CPU_MM_NR, "the drivers cut tasks in whole tiles");
 
 /* Transposes the 8x8 block in r[0..7] (r[i] = row i) so that r[c] holds column c. */
 static inline void transpose8(__m256 r[8]) {

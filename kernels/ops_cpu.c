@@ -84,10 +84,10 @@ static void cpu_mm_split(const cpu_be *c, int64_t rows, int64_t cols, int64_t ma
 static void cpu_strassen_split(const cpu_be *c, int64_t rows, int64_t cols, int64_t *mc,
                                int64_t *nc) {
     int64_t n_mblk = cpu_cdiv(rows, CPU_MM_STRASSEN_MC);     /* equal heights, whole tiles */
-    *mc = cpu_cdiv(cpu_cdiv(rows, n_mblk), 6) * 6;
+    *mc = cpu_cdiv(cpu_cdiv(rows, n_mblk), CPU_MM_MR) * CPU_MM_MR;
     if (*mc > CPU_MM_STRASSEN_MC) *mc = CPU_MM_STRASSEN_MC;
     int64_t n_split = cpu_cdiv((int64_t)CPU_STRASSEN_TASKS * c->n_threads, cpu_cdiv(rows, *mc));
-    *nc = cpu_cdiv(cpu_cdiv(cols, n_split), 16) * 16;
+    *nc = cpu_cdiv(cpu_cdiv(cols, n_split), CPU_MM_NR) * CPU_MM_NR;
 }
 
 typedef struct {

@@ -15,6 +15,7 @@
 #define CPU_MM_MC 96          /* fewest rows per large-M task */
 #define CPU_MM_MALIGN 24      /* large-M task rows are a multiple of this (of any MR) */
 #define CPU_MM_TASKS 4        /* large-M tasks per thread to aim for (load balance) */
+#define CPU_MM_MR 6           /* rows of the SIMD micro-kernel's tile */
 #define CPU_MM_NR 16          /* large-M column blocks are whole panels of this many */
 #define CPU_MM_NC 192
 #define CPU_MM_KC 384
