@@ -328,6 +328,9 @@ DEF_ROWDOT(rowdot_bf16, ld_bf16, 2)
 #define MR 6
 #define NR 16
 _Static_assert(MR == CPU_MM_MR && NR == CPU_MM_NR, "the drivers cut tasks in whole tiles");
+_Static_assert(CPU_MM_KC % QUANT_BLOCK == 0 && CPU_MM_STRASSEN_KC % QUANT_BLOCK == 0 &&
+                   32 % QUANT_BLOCK == 0,
+               "every K block (cpu_mm_kc) starts on a q8/q4 scale block");
 
 /* Transposes the 8x8 block in r[0..7] (r[i] = row i) so that r[c] holds column c. */
 static inline void transpose8(__m256 r[8]) {
@@ -519,7 +522,7 @@ static const float *b_operand(const signed char coef[4], float *const panel[4], 
     return sum;
 }
 
-static const float mm_zeros[CPU_MM_KC];   /* the rows past an odd m's end */
+static const float mm_zeros[CPU_MM_KC];   /* rows past x's end (a last short tile, an odd m) */
 
 /* x's row `row` of A quadrant q at K column k0 of the quadrant, or NULL past x's last row. */
 static inline const float *a_row(const cpu_gemm *g, int q, int64_t row, int64_t k0) {
@@ -576,18 +579,21 @@ static void a_operand(const cpu_gemm *g, const signed char coef[4], const float 
  * to touch a quadrant storing (plus the bias) on the first K block and every other adding. */
 static void avx2_gemm_task(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t n0, int64_t n1,
                            float *work) {
-    float *panel[4], *bsum = work + 4 * CPU_PANEL_FLOATS, *asum[7];
+    /* scratch: one KC x NC panel (plain), or Strassen's four quadrant panels, their sum and
+     * the A sums (ops_cpu.h) */
+    float *panel[4], *bsum = work + 4 * CPU_STRASSEN_PANEL_FLOATS, *asum[7];
     int need[4] = {0}, first[4] = {-1, -1, -1, -1};
-    for (int q = 0; q < 4; q++) panel[q] = work + q * CPU_PANEL_FLOATS;
+    for (int q = 0; q < 4; q++) panel[q] = work + q * CPU_STRASSEN_PANEL_FLOATS;
     for (int p = 0; p < g->n_prod; p++)
         for (int q = 0; q < 4; q++) {
             if (g->prod[p].b[q]) need[q] = 1;
             if (g->prod[p].c[q] && first[q] < 0) first[q] = p;
         }
     int64_t N = g->n;
-    for (int64_t k0 = 0; k0 < g->kh; k0 += CPU_MM_KC) {
-        int64_t kc = g->kh - k0 < CPU_MM_KC ? g->kh - k0 : CPU_MM_KC;
-        a_sums(g, i0, i1, k0, kc, work + 5 * CPU_PANEL_FLOATS, asum);
+    const int64_t kblk = cpu_mm_kc(g->kh, g->n_prod > 1 ? CPU_MM_STRASSEN_KC : CPU_MM_KC);
+    for (int64_t k0 = 0; k0 < g->kh; k0 += kblk) {
+        int64_t kc = g->kh - k0 < kblk ? g->kh - k0 : kblk;
+        a_sums(g, i0, i1, k0, kc, work + 5 * CPU_STRASSEN_PANEL_FLOATS, asum);
         for (int64_t c0 = n0; c0 < n1; c0 += CPU_MM_NC) {     /* column blocks of the range */
             int64_t c1 = c0 + CPU_MM_NC < n1 ? c0 + CPU_MM_NC : n1;
             int64_t panel_cols = (c1 - c0 + NR - 1) / NR * NR;
@@ -939,14 +945,8 @@ static void avx2_attn_task(const kern_attn *a, int64_t h, int64_t i0, int64_t i1
             float *row = S + (i - b0) * ldS;
             int64_t n = a->causal ? i + shift + 1 : nk;
             n = n < 0 ? 0 : n > nk ? nk : n;
-            float mx = n ? max_row(row, n) : -INFINITY;
-            if (mx == -INFINITY) {
-                memset(row, 0, (size_t)ldS * sizeof(float));
-                continue;
-            }
-            float sum = exp_row(row, row, n, mx);
-            avx2_scale(row, 1.0f / sum, row, n);
-            for (int64_t j = n; j < ldS; j++) row[j] = 0.0f;
+            avx2_softmax_row(row, row, n);                /* the keys this query sees */
+            memset(row + n, 0, (size_t)(ldS - n) * sizeof(float));
         }
         for (int64_t dp = 0; dp < d; dp += NR)            /* out = P . v */
             for (int64_t i = b0; i < b1; i += MR) {

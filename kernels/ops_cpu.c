@@ -66,14 +66,14 @@ static int cpu_use_strassen(const cpu_be *c, int64_t m, const kern_weight *w) {
  * blocks and a 64-wide one, and the rows were cut in two to even that out (fc2 ran 6-7% slower).
  * The split never changes a result: each y element's sum runs over the same K blocks in the
  * same order whatever the tile. */
-static void cpu_mm_split(const cpu_be *c, int64_t rows, int64_t cols, int64_t max_mc,
-                         int64_t *mc, int64_t *nc) {
+static void cpu_mm_split(const cpu_be *c, int64_t rows, int64_t cols, int64_t *mc,
+                         int64_t *nc) {
     int64_t nblk = cpu_cdiv(cpu_cdiv(cols, CPU_MM_NC), c->n_threads) * c->n_threads;
     *nc = cpu_cdiv(cpu_cdiv(cols, CPU_MM_NR), nblk) * CPU_MM_NR;    /* <= CPU_MM_NC */
     int64_t m_split = cpu_cdiv((int64_t)CPU_MM_TASKS * c->n_threads, cpu_cdiv(cols, *nc));
     *mc = cpu_cdiv(cpu_cdiv(rows, m_split), CPU_MM_MALIGN) * CPU_MM_MALIGN;
     if (*mc < CPU_MM_MC) *mc = CPU_MM_MC;
-    if (*mc > max_mc) *mc = max_mc;
+    if (*mc > rows) *mc = rows;
 }
 
 /* Strassen tasks: all quadrant rows (up to CPU_MM_STRASSEN_MC) by a wide column range that
@@ -137,7 +137,7 @@ static int cpu_matmul(kern_be *be, const float *x, int64_t m, const kern_weight 
         if (g->n_prod > 1)
             cpu_strassen_split(j.c, j.m, j.n, &j.mc, &j.nc);
         else
-            cpu_mm_split(j.c, j.m, j.n, j.m, &j.mc, &j.nc);
+            cpu_mm_split(j.c, j.m, j.n, &j.mc, &j.nc);
     }
     j.n_mblk = cpu_cdiv(j.m, j.mc);
     j.n_nblk = cpu_cdiv(j.n, j.nc);

@@ -8,8 +8,7 @@
 
 /* Matmul blocking (shared so the drivers' task split is independent of the ISA):
  * small M (<= CPU_MM_SMALL_M) runs as dot products over N chunks; larger M in tasks of
- * CPU_MM_NC columns by at least CPU_MM_MC rows, K in blocks of CPU_MM_KC (a multiple of the q
- * block). */
+ * CPU_MM_NC columns by at least CPU_MM_MC rows, K in blocks of at most CPU_MM_KC (cpu_mm_kc). */
 #define CPU_MM_SMALL_M 4
 #define CPU_MM_NCHUNK 64      /* columns per task when M is small */
 #define CPU_MM_MC 96          /* fewest rows per large-M task */
@@ -17,14 +16,42 @@
 #define CPU_MM_TASKS 4        /* large-M tasks per thread to aim for (load balance) */
 #define CPU_MM_MR 6           /* rows of the SIMD micro-kernel's tile */
 #define CPU_MM_NR 16          /* large-M column blocks are whole panels of this many */
+/* NC and KC can be set at build time (-DCPU_MM_KC=...) to tune for another cache size. The
+ * micro-kernel streams its weight panel (kc x 16 floats) from L2 and its 6 rows of x from L1/L2,
+ * so long K blocks cost it nothing, while every K block is one more pass over y and one more
+ * packing pass. On the 2-core Zen 3 (512 KB L2) ViT-g's matmuls ran fastest with (almost) no K
+ * blocking: at 2 threads, against blocks of 768, fc2 (K = 6144, two blocks of 3072) went from
+ * 184-187 to 188-190 GFLOP/s and qkv (K = 1408, one block) from 186-187 to 191-192; against the
+ * blocks of 384 used before session 5 the four matmuls gained 3-6% (bench/RESULTS.md, session
+ * 5). Strassen's seven products keep blocks of at most CPU_MM_STRASSEN_KC: they need four
+ * packed quadrant panels and five A sums per block, so their scratch grows with the block. */
+#ifndef CPU_MM_NC
 #define CPU_MM_NC 192
-#define CPU_MM_KC 384
+#endif
+#ifndef CPU_MM_KC
+#define CPU_MM_KC 3072        /* most K per block; cpu_mm_kc cuts K into equal blocks */
+#endif
+#define CPU_MM_STRASSEN_KC 768
 #define CPU_MM_STRASSEN_MC 264   /* most quadrant rows per Strassen task (scratch below) */
-/* Per-thread scratch, in floats: the four packed KC x NC weight-quadrant panels a Strassen
- * task needs, one more for their sums, and the five A-quadrant sums of its rows for one K
- * block (a plain matmul uses the first panel only). */
-#define CPU_PANEL_FLOATS ((int64_t)CPU_MM_KC * CPU_MM_NC)
-#define CPU_WORK_FLOATS (5 * CPU_PANEL_FLOATS + 5 * (int64_t)CPU_MM_STRASSEN_MC * CPU_MM_KC)
+/* Per-thread scratch, in floats: a plain matmul's packed KC x NC weight panel, or what a
+ * Strassen task needs: its four packed weight-quadrant panels, one more for their sums (each
+ * CPU_STRASSEN_PANEL_FLOATS) and the five A-quadrant sums of its rows for one K block. */
+#define CPU_PLAIN_PANEL_FLOATS ((int64_t)CPU_MM_KC * CPU_MM_NC)
+#define CPU_STRASSEN_PANEL_FLOATS ((int64_t)CPU_MM_STRASSEN_KC * CPU_MM_NC)
+#define CPU_STRASSEN_FLOATS \
+    (5 * CPU_STRASSEN_PANEL_FLOATS + 5 * (int64_t)CPU_MM_STRASSEN_MC * CPU_MM_STRASSEN_KC)
+#define CPU_WORK_FLOATS \
+    (CPU_PLAIN_PANEL_FLOATS > CPU_STRASSEN_FLOATS ? CPU_PLAIN_PANEL_FLOATS : CPU_STRASSEN_FLOATS)
+
+/* The K block for a matmul of inner size k whose blocks may hold at most kmax (CPU_MM_KC, or
+ * CPU_MM_STRASSEN_KC for Strassen's half-size products): k cut into the fewest blocks, of equal
+ * size rounded up to a multiple of 32 (a q8/q4 block starts every block). Equal blocks avoid a
+ * short last one, whose pass over y costs as much as a full one's. */
+static inline int64_t cpu_mm_kc(int64_t k, int64_t kmax) {
+    int64_t nb = (k + kmax - 1) / kmax;
+    int64_t kc = ((k + nb - 1) / nb + 31) / 32 * 32;
+    return kc < kmax ? kc : kmax;
+}
 
 /* One level of Strassen's algorithm for y = x . W^T, on quadrants indexed 2*row + col (0 = 11,
  * 1 = 12, 2 = 21, 3 = 22) of A = x [M, K], B = W^T [K, N] and C = y [M, N]: product p is
@@ -71,7 +98,8 @@ typedef struct {
     void (*gemm_task)(const cpu_gemm *g, int64_t i0, int64_t i1, int64_t n0, int64_t n1,
                       float *work);
     /* Attention for query rows [i0, i1) of head h (NULL: attn_row per query). work:
-     * CPU_WORK_FLOATS floats, of which it needs cpu_attn_floats(a, i1) (the driver checks). */
+     * CPU_WORK_FLOATS floats, of which it needs cpu_attn_floats(a->tk, a->dim) (the driver
+     * checks). */
     void (*attn_task)(const kern_attn *a, int64_t h, int64_t i0, int64_t i1, float *work);
     void (*layernorm_row)(const float *x, float *y, int64_t n, const float *w, const float *b,
                           float eps);

@@ -142,15 +142,18 @@ static void test_matmul(void) {
             for (int b = 0; b < 4; b++)
                 for (int c = 0; c < 4; c++)
                     matmul_case(t ? KERN_W_Q4 : KERN_W_Q8, ms[b], ns[c], qks[a], c % 2);
-    /* several M and N blocks, a K split into blocks with a tail, bias */
-    matmul_case(KERN_W_F32, 203, 300, 300, 1);
-    matmul_case(KERN_W_Q4, 101, 270, 288, 1);
+    /* several M and N blocks, K split into blocks (cpu_mm_kc: 4000 -> 2016 + 1984, a shorter
+     * last block; q4's 6400 -> 2144 + 2144 + 2112, each starting on a scale block), bias */
+    matmul_case(KERN_W_F32, 203, 300, 4000, 1);
+    matmul_case(KERN_W_Q4, 101, 270, 6400, 1);
     matmul_case(KERN_W_F16, 4, 301, 61, 0);
     /* large enough for one level of Strassen (ops_cpu.c): odd and even M (an odd M's lower
-     * quadrants end a row short), N not a multiple of the column block, K with a tail block */
+     * quadrants end a row short), N not a multiple of the column block, K halves in one block
+     * and in two (1664 -> 832 -> 416 + 416) */
     matmul_case(KERN_W_F32, 201, 1056, 1024, 1);
     matmul_case(KERN_W_F16, 202, 1024, 1088, 0);
     matmul_case(KERN_W_Q8, 205, 1088, 1024, 1);
+    matmul_case(KERN_W_F32, 201, 1024, 1664, 0);
 }
 
 static void test_matmul_known(void) {
