@@ -41,7 +41,7 @@ fi
 start_serve() {  # start_serve BUNDLE [FLAGS]; sets url and spid
   local port i
   for _ in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 40000))
+    port=$((10000 + RANDOM % 22000))   # below the ephemeral range
     "$bin" serve --model "$@" --host 127.0.0.1 --port "$port" >"$work/serve.log" 2>&1 &
     spid=$!
     for i in $(seq 300); do

@@ -11,13 +11,13 @@ trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; sleep 0.2; rm -r
 ok() { if eval "$2"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL $1"; fi; }
 finish() { echo "$1: $pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
 
-free_port() { # a port nobody listens on right now (races are retried by the starters)
-  local p
+free_port() { # a loopback port nobody listens on right now, below the kernel's ephemeral range
+  local p      # (32768-60999 on Linux) so no outgoing connection of a parallel test can hold it
   for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % 22000))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
-  echo $((20000 + RANDOM % 40000))
+  echo $((10000 + RANDOM % 22000))
 }
 
 make_bundle() { # $1 = output folder
@@ -26,13 +26,22 @@ make_bundle() { # $1 = output folder
     >"$work/convert.log" 2>&1 || { echo "FAIL convert"; cat "$work/convert.log"; exit 1; }
 }
 
-# start_redis: sets rport, rpid.
+# start_redis [PORT]: on a fixed PORT (a restart) it retries for a few seconds while the port
+# is still taken; on a free port it picks another after a clash. Sets rport, rpid.
 start_redis() {
-  rport=${1:-$(free_port)}
-  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    >"$work/redis.$rport.log" 2>&1 &
-  rpid=$!; pids+=("$rpid"); disown "$rpid"
-  for _ in $(seq 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.05; done
+  for _ in $(seq 10); do
+    rport=${1:-$(free_port)}
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+      >"$work/redis.$rport.log" 2>&1 &
+    rpid=$!
+    for _ in $(seq 100); do
+      redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && { pids+=("$rpid"); disown "$rpid"; return 0; }
+      kill -0 "$rpid" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -9 "$rpid" 2>/dev/null; wait "$rpid" 2>/dev/null
+    sleep 0.5
+  done
   echo "FAIL redis-server did not start"; cat "$work/redis.$rport.log"; exit 1
 }
 
