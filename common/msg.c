@@ -386,6 +386,11 @@ static int heartbeat_to_pb(const msg_heartbeat *h, env_pb *e) {
     pb->items_done = h->items_done;
     pb->tokens_out = h->tokens_out;
     pb->draining = h->draining != 0;
+    if (h->n_held > MSG_MAX_HELD)
+        return err_set(TV_EINVAL, "heartbeat: %zu held jobs (at most %d)", h->n_held, MSG_MAX_HELD);
+    pb->last_seq = h->last_seq;
+    pb->held = (uint64_t *)h->held;
+    pb->n_held = h->held ? h->n_held : 0;
     e->env.heartbeat = pb;
     return TV_OK;
 }
@@ -465,6 +470,7 @@ static int env_to_pb(const msg *m, env_pb *e) {
     memset(e, 0, sizeof *e);
     tinyvlm__envelope__init(&e->env);
     e->env.version = MSG_VERSION;
+    e->env.seq = m->seq;
     switch (m->type) {
     case MSG_HELLO:
         e->env.body_case = TINYVLM__ENVELOPE__BODY_HELLO;
@@ -624,7 +630,7 @@ static int hello_from_pb(Tinyvlm__Hello *pb, msg_hello *h) {
     return TV_OK;
 }
 
-static void heartbeat_from_pb(const Tinyvlm__Heartbeat *pb, msg_heartbeat *h) {
+static int heartbeat_from_pb(const Tinyvlm__Heartbeat *pb, msg_heartbeat *h) {
     h->load = pb->load;
     h->capacity = pb->capacity;
     h->gpu_mem_used = pb->gpu_mem_used;
@@ -633,6 +639,16 @@ static void heartbeat_from_pb(const Tinyvlm__Heartbeat *pb, msg_heartbeat *h) {
     h->items_done = pb->items_done;
     h->tokens_out = pb->tokens_out;
     h->draining = pb->draining != 0;
+    h->last_seq = pb->last_seq;
+    if (pb->n_held > MSG_MAX_HELD)
+        return err_set(TV_EFORMAT, "heartbeat with %zu held jobs (at most %d)", pb->n_held,
+                       MSG_MAX_HELD);
+    if (pb->n_held) {
+        h->held = tv_xmalloc(pb->n_held * sizeof *h->held);
+        memcpy(h->held, pb->held, pb->n_held * sizeof *h->held);
+        h->n_held = pb->n_held;
+    }
+    return TV_OK;
 }
 
 static int encode_from_pb(Tinyvlm__EncodeRequest *pb, msg_encode *m) {
@@ -742,8 +758,7 @@ static int env_from_pb(Tinyvlm__Envelope *e, msg *m) {
         return hello_from_pb(e->hello, &m->u.hello);
     case TINYVLM__ENVELOPE__BODY_HEARTBEAT:
         m->type = MSG_HEARTBEAT;
-        heartbeat_from_pb(e->heartbeat, &m->u.heartbeat);
-        return TV_OK;
+        return heartbeat_from_pb(e->heartbeat, &m->u.heartbeat);
     case TINYVLM__ENVELOPE__BODY_ENCODE:
         m->type = MSG_ENCODE;
         return encode_from_pb(e->encode, &m->u.encode);
@@ -837,6 +852,7 @@ static int decode(msg_sock *s, const char *peer, const uint8_t *data, size_t len
         refuse_version(s, peer, e);
     } else {
         rc = env_from_pb(e, m);
+        m->seq = e->seq;
         if (rc) {
             msg_clear(m);
             err_wrap(rc, "bad message%s%s", *peer ? " from " : "", peer);
@@ -936,6 +952,9 @@ void msg_clear(msg *m) {
         free(m->u.hello.model);
         free(m->u.hello.fingerprint);
         free(m->u.hello.device);
+        break;
+    case MSG_HEARTBEAT:
+        free(m->u.heartbeat.held);
         break;
     case MSG_ENCODE:
         free(m->u.encode.image);

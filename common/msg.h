@@ -38,6 +38,7 @@
 #define MSG_MAX_STRING (1u << 20)       /* any string, bytes */
 #define MSG_MAX_CHUNK_TOKENS 4096       /* msg_chunk.n_tokens */
 #define MSG_MAX_EMB_BYTES (16u << 20)   /* msg_embedding.len */
+#define MSG_MAX_HELD 65536             /* msg_heartbeat.n_held */
 
 typedef enum {
     MSG_NONE = 0,
@@ -68,6 +69,9 @@ typedef struct {
     double kernel_seconds;
     uint64_t items_done, tokens_out;
     int draining;
+    uint64_t last_seq;        /* worker -> gateway: the last msg.seq received from it */
+    uint64_t *held;           /* the ids of its jobs the worker holds (n_held of them) */
+    size_t n_held;
 } msg_heartbeat;
 
 /* An image embedding [rows, dim]; present when data != NULL. */
@@ -146,6 +150,7 @@ typedef struct {
 /* One message: type says which member is valid. */
 typedef struct {
     msg_type type;
+    uint64_t seq;                /* gateway -> worker: job sequence number (proto Envelope.seq) */
     union {
         msg_hello hello;
         msg_heartbeat heartbeat;

@@ -30,6 +30,9 @@ typedef struct {
     uint64_t heard_ms;          /* last message from it (monotonic), 0 = never */
     uint64_t closed_ms;
     int was_registered;         /* for one log line per change */
+    uint64_t last_seq;          /* the last msg.seq it sent us (its heartbeats and jobs) */
+    uint64_t *held;             /* ids of its jobs we hold: received, final answer not sent */
+    size_t n_held, cap_held;
 } wlink_gw;
 
 typedef struct {
@@ -51,6 +54,7 @@ struct wlink {
     msg_heartbeat hb;
     int heartbeat_ms, timeout_ms, bye;
     uint64_t next_tick_ms;
+    long lose_jobs, lose_answers; /* fault injection for tests (wlink.h) */
     /* read by the health thread */
     _Atomic uint64_t turn_ms;   /* last wlink_recv */
     _Atomic uint64_t heard_any; /* last message from any gateway */
@@ -103,6 +107,7 @@ static int slot_open(wlink *l, const char *endpoint, int dns) {
         return rc;
     wlink_gw *g = &l->gw[i];
     free(g->endpoint);
+    free(g->held);
     *g = (wlink_gw){.sock = sock, .endpoint = strdup(endpoint), .dns = dns, .in_dns = 1};
     if (i == l->n)
         l->n++;
@@ -116,6 +121,8 @@ static void slot_close(wlink *l, int i) {
     l->gw[i].closed_ms = (uint64_t)clk_now_ms();
     l->gw[i].heard_ms = 0;
     l->gw[i].was_registered = 0;
+    l->gw[i].n_held = 0;
+    l->gw[i].last_seq = 0;
     poll_rebuild(l);
 }
 
@@ -193,6 +200,12 @@ int wlink_new(msg_ctx *ctx, const wlink_opts *o, const msg_hello *hello, wlink *
     l->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 3000;
     l->dns_interval_ms = o->dns_interval_ms > 0 ? o->dns_interval_ms : 5000;
     l->hb.capacity = hello->capacity;
+    const char *lj = getenv("TINYVLM_TEST_LOSE_JOBS"), *la = getenv("TINYVLM_TEST_LOSE_ANSWERS");
+    l->lose_jobs = lj ? strtol(lj, NULL, 10) : 0;
+    l->lose_answers = la ? strtol(la, NULL, 10) : 0;
+    if (l->lose_jobs > 0 || l->lose_answers > 0)
+        log_warn("wlink", "fault injection: the first %ld jobs and %ld answers are lost", l->lose_jobs,
+                 l->lose_answers);
     int rc = TV_OK;
     for (int i = 0; !rc && i < o->n_endpoints; i++)
         rc = slot_open(l, o->endpoints[i], -1) < 0 ? err_wrap(TV_EIO, "gateway %s", o->endpoints[i])
@@ -221,6 +234,7 @@ void wlink_free(wlink *l) {
     for (int i = 0; i < l->n; i++) {
         msg_close(l->gw[i].sock);
         free(l->gw[i].endpoint);
+        free(l->gw[i].held);
     }
     for (int k = 0; k < l->n_dns; k++) {
         free(l->dns[k].name);
@@ -256,6 +270,55 @@ int wlink_registered(const wlink *l) {
     return k;
 }
 
+/* ---- the jobs we hold, per gateway (see proto Heartbeat.held) ---------------------------- */
+
+/* The id of a job message (encode, generate), or 0. */
+static uint64_t job_id(const msg *m) {
+    return m->type == MSG_ENCODE ? m->u.encode.id : m->type == MSG_GENERATE ? m->u.generate.id : 0;
+}
+
+/* The id a final answer ends (encoded, the last chunk, an error about a job), or 0. */
+static uint64_t final_id(const msg *m) {
+    switch (m->type) {
+    case MSG_ENCODED: return m->u.encoded.id;
+    case MSG_CHUNK: return m->u.chunk.finish_reason && m->u.chunk.finish_reason[0] ? m->u.chunk.id : 0;
+    case MSG_ERROR: return m->u.error.id;
+    default: return 0;
+    }
+}
+
+static int held_find(const wlink_gw *g, uint64_t id) {
+    for (size_t k = 0; k < g->n_held; k++)
+        if (g->held[k] == id)
+            return (int)k;
+    return -1;
+}
+
+static void held_add(wlink_gw *g, uint64_t id) {
+    if (g->n_held == g->cap_held) {
+        g->cap_held = g->cap_held ? 2 * g->cap_held : 16;
+        g->held = tv_xrealloc(g->held, g->cap_held * sizeof *g->held);
+    }
+    g->held[g->n_held++] = id;
+}
+
+static void held_remove(wlink_gw *g, uint64_t id) {
+    int k = held_find(g, id);
+    if (k >= 0)
+        g->held[k] = g->held[--g->n_held];
+}
+
+/* Our heartbeat to gateway i: the load figures, and what we hold of its jobs. */
+static void send_heartbeat(wlink *l, int i) {
+    wlink_gw *g = &l->gw[i];
+    msg m = {.type = MSG_HEARTBEAT};
+    m.u.heartbeat = l->hb;
+    m.u.heartbeat.last_seq = g->last_seq;
+    m.u.heartbeat.n_held = g->n_held < MSG_MAX_HELD ? g->n_held : MSG_MAX_HELD;
+    m.u.heartbeat.held = g->held;
+    msg_send(g->sock, NULL, &m); /* a lost heartbeat is not an error */
+}
+
 static void send_hello(wlink *l, int i) {
     msg m = {.type = MSG_HELLO};
     m.u.hello = l->hello;
@@ -286,9 +349,7 @@ static void tick(wlink *l, uint64_t now) {
         }
         if (!reg && !l->bye)
             send_hello(l, i);
-        msg m = {.type = MSG_HEARTBEAT};
-        m.u.heartbeat = l->hb;
-        msg_send(g->sock, NULL, &m); /* a lost heartbeat is not an error */
+        send_heartbeat(l, i);
     }
     l->next_tick_ms = now + (uint64_t)l->heartbeat_ms;
 }
@@ -313,6 +374,29 @@ static int link_message(wlink *l, int i, msg *m) {
     return 0;
 }
 
+/* A job from gateway i: held until its final answer goes out (wlink_send). Returns 0 if it is
+ * dropped (and cleared) instead: a test's injected loss, or a copy of a job we already hold
+ * (the gateway only sends again what we did not hold, so this is a safety net: two runs of
+ * one generation would interleave their chunks). */
+static int take_job(wlink *l, int i, msg *m) {
+    uint64_t id = job_id(m);
+    if (!id)
+        return 1;
+    if (l->lose_jobs > 0) {
+        l->lose_jobs--;
+        log_warn("wlink", "fault injection: job %llu from %s lost", (unsigned long long)id,
+                 l->gw[i].endpoint);
+    } else if (held_find(&l->gw[i], id) >= 0) {
+        log_warn("wlink", "job %llu from %s arrived twice: the copy is dropped",
+                 (unsigned long long)id, l->gw[i].endpoint);
+    } else {
+        held_add(&l->gw[i], id);
+        return 1;
+    }
+    msg_clear(m);
+    return 0;
+}
+
 /* One message from any ready socket (round robin over the poll list). TV_ETIMEOUT if none. */
 static int take_one(wlink *l, msg *m, int *gw) {
     for (int k = 0; k < l->n_poll; k++) {
@@ -332,7 +416,9 @@ static int take_one(wlink *l, msg *m, int *gw) {
             return rc;
         l->gw[i].heard_ms = (uint64_t)clk_now_ms();
         atomic_store(&l->heard_any, l->gw[i].heard_ms);
-        if (link_message(l, i, m))
+        if (m->seq)
+            l->gw[i].last_seq = m->seq;
+        if (link_message(l, i, m) || !take_job(l, i, m))
             continue;
         *gw = i;
         l->next = (p + 1) % l->n_poll;
@@ -376,6 +462,15 @@ int wlink_send(wlink *l, int gw, const msg *m) {
         return err_set(TV_EINVAL, "wlink_send: no gateway %d", gw);
     if (!l->gw[gw].sock)
         return err_set(TV_EAGAIN, "gateway %s was dropped", l->gw[gw].endpoint);
+    uint64_t id = final_id(m);
+    if (id) { /* sent or not, we no longer hold it: if the answer is lost the gateway resends */
+        held_remove(&l->gw[gw], id);
+        if (l->lose_answers > 0) {
+            l->lose_answers--;
+            log_warn("wlink", "fault injection: the answer to job %llu lost", (unsigned long long)id);
+            return TV_OK;
+        }
+    }
     return msg_send(l->gw[gw].sock, NULL, m);
 }
 
@@ -426,13 +521,9 @@ static void *busy_main(void *p) {
 
 /* Heartbeats only: no Hello (the gateway has not been silent, we were) and no receiving. */
 static void busy_tick(wlink *l, uint64_t now) {
-    for (int i = 0; i < l->n; i++) {
-        if (!l->gw[i].sock)
-            continue;
-        msg m = {.type = MSG_HEARTBEAT};
-        m.u.heartbeat = l->hb;
-        msg_send(l->gw[i].sock, NULL, &m);
-    }
+    for (int i = 0; i < l->n; i++)
+        if (l->gw[i].sock)
+            send_heartbeat(l, i);
     l->next_tick_ms = now + (uint64_t)l->heartbeat_ms;
 }
 

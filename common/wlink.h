@@ -8,6 +8,16 @@
  * dropped us), and at once when a gateway answers Error "unknown_worker". Since every registered
  * worker gets the gateway's heartbeats, "heard recently" means "registered".
  *
+ * Lost messages: every job (encode, generate) received is "held" until its final answer goes
+ * out through wlink_send (Encoded, the chunk with a finish reason, an Error about it), and every
+ * heartbeat tells its gateway which of its jobs we hold and the last sequence number it sent us
+ * (proto Heartbeat.held, last_seq). From that the gateway sends again a job that never arrived
+ * or whose answer never did. A job that arrives while we hold one with its id is dropped.
+ *
+ * Fault injection, for tests only: the environment variables TINYVLM_TEST_LOSE_JOBS=N and
+ * TINYVLM_TEST_LOSE_ANSWERS=N make the link lose the first N jobs it receives / the first N
+ * final answers it is asked to send, as a network cut would (logged as a warning at start).
+ *
  * Threads: a wlink belongs to the thread that created it (its sockets do). */
 #ifndef TV_WLINK_H
 #define TV_WLINK_H
@@ -50,8 +60,8 @@ void wlink_set_load(wlink *l, const msg_heartbeat *hb);
  * it came from (answer there with wlink_send), TV_ETIMEOUT when nothing came, or TV_EIO. */
 int wlink_recv(wlink *l, int timeout_ms, msg *m, int *gw);
 
-/* Sends m to gateway gw (as wlink_recv named it). Returns as msg_send (TV_EAGAIN: that gateway
- * is unreachable now, or its address was dropped). */
+/* Sends m to gateway gw (as wlink_recv named it); a final answer ends the job's hold. Returns as
+ * msg_send (TV_EAGAIN: that gateway is unreachable now, or its address was dropped). */
 int wlink_send(wlink *l, int gw, const msg *m);
 
 /* Sends an Error about request id to gateway gw (status/code/message as in the proto). */

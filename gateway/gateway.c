@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -307,6 +308,7 @@ static void gw_declare_metrics(gw *g) {
         {"tinyvlm_image_encode_joins_total", "Images that waited for an identical encode already in flight.", GW_MET_COUNTER},
         {"tinyvlm_embedding_retries_total", "Generations retried because the LM worker could not read an embedding.", GW_MET_COUNTER},
         {"tinyvlm_jobs_rerouted_total", "Jobs moved to another worker after theirs was lost.", GW_MET_COUNTER},
+        {"tinyvlm_jobs_resent_total", "Jobs sent again because the worker never got them, or their answer never came (its heartbeat said so).", GW_MET_COUNTER},
         {"tinyvlm_workers_dropped_total", "Workers dropped (silent or unreachable).", GW_MET_COUNTER},
         {"tinyvlm_queue_depth", "Jobs waiting for a worker slot, by pool.", GW_MET_GAUGE},
         {"tinyvlm_workers", "Registered workers taking work, by pool.", GW_MET_GAUGE},
@@ -443,7 +445,14 @@ int gateway_run(const gateway_opts *o, volatile sig_atomic_t *stop) {
                          (size_t)(o->max_body_mb * 1048576.0), (uint32_t)o->max_tokens_limit};
     if (g->lim.max_image_bytes > MSG_MAX_IMAGE_BYTES) g->lim.max_image_bytes = MSG_MAX_IMAGE_BYTES;
     if (g->lim.max_images > MSG_MAX_IMAGES) g->lim.max_images = MSG_MAX_IMAGES;
-    atomic_init(&g->next_id, 1);
+    /* Job ids and sequence numbers start at a random point so they do not repeat across gateway
+     * restarts: a worker still finishing an old job of ours never mistakes a new job for it. */
+    uint64_t nonce = 0;
+    if (getrandom(&nonce, sizeof nonce, 0) != (ssize_t)sizeof nonce)
+        nonce = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+    nonce &= (1ull << GW_SEQ_NONCE_BITS) - 1;
+    atomic_init(&g->next_id, (nonce << 28) + 1);   /* < 2^52: exact as a JSON number too */
+    g->seq = nonce << (64 - GW_SEQ_NONCE_BITS);
     pthread_mutex_init(&g->mu, NULL);
     pthread_mutex_init(&g->cmd_mu, NULL);
     pthread_mutex_init(&g->enc_mu, NULL);

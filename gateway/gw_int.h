@@ -31,6 +31,7 @@ typedef struct gw_job {
     char worker[MSG_PEER_MAX]; /* "" while waiting for a slot */
     int streamed;             /* a non-final chunk went to the client: cannot be retried */
     int reroutes;
+    uint64_t seq;             /* msg.seq it was last sent with (0 = not sent yet) */
     double deadline;          /* monotonic seconds */
     double orphan_since;      /* waiting with no eligible worker registered since (0 = not) */
     double cancel_at;         /* > 0: cancelled at; the slot is freed when the worker confirms */
@@ -49,6 +50,11 @@ typedef struct gw_enc {
     gw_box *box;
     struct gw_enc *next;
 } gw_enc;
+
+/* Job sequence numbers (proto Envelope.seq): the top bits are a random nonce per gateway
+ * process, so a worker's last_seq from before a gateway restart is never taken for ours. */
+#define GW_SEQ_NONCE_BITS 24
+#define GW_SEQ_SAME_GATEWAY(a, b) ((a) >> (64 - GW_SEQ_NONCE_BITS) == (b) >> (64 - GW_SEQ_NONCE_BITS))
 
 typedef struct gw {
     gateway_opts o;
@@ -73,6 +79,8 @@ typedef struct gw {
     int efd;                  /* eventfd: wakes the router thread */
 
     gw_job *jobs;             /* router thread only: every live job, oldest first */
+    uint64_t seq;             /* router thread only: the last job seq handed out; its top
+                               * GW_SEQ_NONCE_BITS bits name this gateway process */
 
     pthread_mutex_t enc_mu;
     gw_enc *encs;

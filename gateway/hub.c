@@ -160,13 +160,17 @@ static void hub_job_fail(gw *g, gw_job *j, uint32_t status, const char *code, co
     hub_job_end(g, j);
 }
 
-/* Sends j to worker index k. Returns 0, or the msg_send error (the caller handles the worker). */
+/* Sends j to worker index k with the next sequence number. Returns 0, or the msg_send error (the
+ * caller handles the worker). */
 static int hub_send_job(gw *g, gw_job *j, int k) {
     gw_worker *w = &g->reg.w[k];
+    j->m.seq = ++g->seq;
     int rc = msg_send(g->sock, w->id, &j->m);
     if (rc) return rc;
+    j->seq = j->m.seq;
     pthread_mutex_lock(&g->mu);
     gw_reg_assign(&g->reg, k);
+    g->reg.w[k].sent_seq = j->seq;
     g->queued[j->kind]--;
     pthread_mutex_unlock(&g->mu);
     snprintf(j->worker, sizeof j->worker, "%s", w->id);
@@ -238,6 +242,48 @@ static void hub_drop_worker(gw *g, const char *id, const char *why) {
     }
 }
 
+static int hub_held(const msg_heartbeat *hb, uint64_t id) {
+    for (size_t i = 0; i < hb->n_held; i++)
+        if (hb->held[i] == id) return 1;
+    return 0;
+}
+
+/* A worker's heartbeat says which of our jobs it holds, and the last job seq it has received.
+ * Messages on one connection arrive in order, so a job sent to it before that seq which it
+ * neither holds nor has answered (its final answer would have come before this heartbeat) was
+ * lost on the way, or its answer was: ZeroMQ drops what was queued on a connection that a
+ * reconnect replaces (a network cut and restore). Such a job is placed again, as if its worker
+ * had been dropped; a generation that already streamed to the client cannot be, and ends with
+ * an error. Workers that do not track (last_seq 0) and heartbeats from before a gateway
+ * restart (another nonce) are not judged. */
+static void hub_check_lost(gw *g, const char *peer, const msg_heartbeat *hb) {
+    if (!hb->last_seq || !GW_SEQ_SAME_GATEWAY(hb->last_seq, g->seq)) return;
+    for (gw_job *j = g->jobs, *next; j; j = next) {
+        next = j->next;
+        if (strcmp(j->worker, peer) != 0 || j->cancel_at > 0 || j->seq > hb->last_seq ||
+            hub_held(hb, j->id))
+            continue;
+        log_warn(HUB_COMP, "job %llu: worker %s never got it or its answer was lost (sent as %llu, "
+                 "the worker is at %llu and does not hold it)", (unsigned long long)j->id, peer,
+                 (unsigned long long)j->seq, (unsigned long long)hb->last_seq);
+        pthread_mutex_lock(&g->mu);
+        gw_worker *w = gw_reg_find(&g->reg, peer);
+        if (w && w->inflight) w->inflight--;
+        g->queued[j->kind]++;
+        pthread_mutex_unlock(&g->mu);
+        j->worker[0] = 0;
+        if (j->kind == MSG_WORKER_LM && j->streamed) {
+            hub_job_fail(g, j, 503, "worker_lost",
+                         "the end of this answer was lost between the worker and the gateway");
+        } else if (++j->reroutes > HUB_MAX_REROUTES) {
+            hub_job_fail(g, j, 503, "worker_lost", "workers kept failing on this request");
+        } else {
+            gw_met_add(g->met, "tinyvlm_jobs_resent_total", "", 1);
+            /* hub_dispatch (this turn of the router loop) places it again */
+        }
+    }
+}
+
 static void hub_on_hello(gw *g, const char *peer, const msg_hello *h) {
     if (strcmp(peer, h->worker_id) != 0) {
         log_warn(HUB_COMP, "hello from %s claims id %s: ignored", peer, h->worker_id);
@@ -267,6 +313,7 @@ static void hub_on_worker_msg(gw *g, const char *peer, msg *m) {
         w->last_seen = clk_now_s();
         if (m->type == MSG_HEARTBEAT) {
             w->hb = m->u.heartbeat;
+            w->hb.held = NULL, w->hb.n_held = 0; /* m owns the list */
             w->draining = m->u.heartbeat.draining;
         } else if (m->type == MSG_BYE) {
             w->draining = 1;
@@ -284,6 +331,10 @@ static void hub_on_worker_msg(gw *g, const char *peer, msg *m) {
     }
     if (m->type == MSG_BYE) {
         log_info(HUB_COMP, "worker %s says bye (%s): no new work for it", peer, m->u.bye_reason);
+        return;
+    }
+    if (m->type == MSG_HEARTBEAT) {
+        hub_check_lost(g, peer, &m->u.heartbeat);
         return;
     }
     if (m->type == MSG_ERROR && m->u.error.id == 0) {
@@ -311,7 +362,10 @@ static void hub_heartbeat(gw *g, double now) {
         char wid[MSG_PEER_MAX];
         pthread_mutex_lock(&g->mu);
         int more = i < g->reg.n;
-        if (more) snprintf(wid, sizeof wid, "%s", g->reg.w[i].id);
+        if (more) {
+            snprintf(wid, sizeof wid, "%s", g->reg.w[i].id);
+            hb.seq = g->reg.w[i].sent_seq; /* everything before it should have arrived */
+        }
         pthread_mutex_unlock(&g->mu);
         if (!more) break;
         if (msg_send(g->sock, wid, &hb) == TV_EAGAIN) {

@@ -28,7 +28,8 @@ typedef struct {
     uint64_t assigned;        /* items ever sent */
     uint64_t last_pick;       /* registry tick of its last assignment (0 = never): ties go to
                                * the least recently picked */
-    msg_heartbeat hb;         /* its last heartbeat figures */
+    msg_heartbeat hb;         /* its last heartbeat figures (held = NULL: not kept) */
+    uint64_t sent_seq;        /* msg.seq of the last job sent to it (its heartbeats say this) */
 } gw_worker;
 
 typedef struct {

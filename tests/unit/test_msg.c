@@ -49,7 +49,7 @@ static int gen_eq(const msg_generate *a, const msg_generate *b) {
 
 /* Field-by-field equality of a sent and a received message. */
 static int msg_eq(const msg *a, const msg *b) {
-    if (a->type != b->type) return 0;
+    if (a->type != b->type || a->seq != b->seq) return 0;
     switch (a->type) {
     case MSG_HELLO: {
         const msg_hello *x = &a->u.hello, *y = &b->u.hello;
@@ -63,7 +63,9 @@ static int msg_eq(const msg *a, const msg *b) {
         return x->load == y->load && x->capacity == y->capacity &&
                x->gpu_mem_used == y->gpu_mem_used && x->gpu_mem_total == y->gpu_mem_total &&
                x->kernel_seconds == y->kernel_seconds && x->items_done == y->items_done &&
-               x->tokens_out == y->tokens_out && x->draining == y->draining;
+               x->tokens_out == y->tokens_out && x->draining == y->draining &&
+               x->last_seq == y->last_seq && x->n_held == y->n_held &&
+               (!x->n_held || memcmp(x->held, y->held, x->n_held * sizeof *x->held) == 0);
     }
     case MSG_ENCODE: {
         const msg_encode *x = &a->u.encode, *y = &b->u.encode;
@@ -104,6 +106,7 @@ static msg_part g_parts_sys[1] = {{"You are terse. ünïcödé ✓", -1}};
 static msg_part g_parts_user[4] = {{"", 0}, {"What is in", -1}, {NULL, 1}, {"these images?", -1}};
 static msg_chat g_chat[2] = {{"system", g_parts_sys, 1}, {"user", g_parts_user, 4}};
 static msg_image_ref g_imgs[2];
+static uint64_t g_held[3] = {7, 0xfedcba9876543210ull, 1};
 
 #define N_SAMPLES 10
 static msg g_samples[N_SAMPLES];
@@ -118,9 +121,11 @@ static void make_samples(void) {
     s[0].type = MSG_HELLO;
     s[0].u.hello = (msg_hello){MSG_WORKER_LM, "host:12:abcd", "tinygptv", "f00d", "cpu-avx2 x4", 4, 512, 32, 2560};
     s[1].type = MSG_HEARTBEAT;
-    s[1].u.heartbeat = (msg_heartbeat){3, 4, 1ull << 40, 1ull << 41, 12.5, 99, 123456789012ull, 1};
+    s[1].u.heartbeat = (msg_heartbeat){3, 4, 1ull << 40, 1ull << 41, 12.5, 99, 123456789012ull, 1,
+                                       0xabcdef0000000123ull, g_held, 3};
     s[2].type = MSG_ENCODE;
     s[2].u.encode = (msg_encode){0xfedcba9876543210ull, g_image, sizeof g_image, "emb:f00d:aa", 1};
+    s[2].seq = 0xabcdef0000000124ull;
     s[3].type = MSG_ENCODED;
     s[3].u.encoded = (msg_encoded){42, 1, {4, 8, MSG_EMB_F32, (uint8_t *)g_emb32, sizeof g_emb32}, 0.125};
     s[4].type = MSG_GENERATE;
@@ -128,6 +133,7 @@ static void make_samples(void) {
         .id = 7, .messages = g_chat, .n_messages = 2, .images = g_imgs, .n_images = 2,
         .sampling = {0.7f, 0.9f, 1.1f, 40, 64, 1234567ull, 1, g_stop, 2},
         .tenant = "acme", .deadline_unix_ms = 1700000000123ull};
+    s[4].seq = 5;
     s[5].type = MSG_CHUNK;
     s[5].u.chunk = (msg_chunk){7, "Hello, wörld", g_tokens, 5, "stop", 17, 5};
     s[6].type = MSG_CANCEL;
