@@ -2,7 +2,8 @@
  * start (found through --gateway-dns "tcp://localhost:PORT" and through a fixed endpoint),
  * heartbeats carrying the load, Hello again on "unknown_worker", heartbeats continuing while
  * wlink_busy runs a long job (and its error message coming back), work messages passed up with
- * the right gateway index, Bye, and refused configurations. */
+ * the right gateway index, the jobs held and the last sequence number in heartbeats (a copy of a
+ * held job dropped, final answers ending the hold), Bye, and refused configurations. */
 #include <string.h>
 #include <time.h>
 
@@ -32,6 +33,88 @@ static int count_within(msg_type t, int ms, wlink *l) { /* l: also turn the work
         }
     }
     return n;
+}
+
+/* The next heartbeat the gateway gets after `after` ms (turning the worker meanwhile) into *hb
+ * (msg_clear it). Returns 1, or 0 if none came within a second. */
+static int next_heartbeat(wlink *l, int after, msg *hb) {
+    char peer[MSG_PEER_MAX];
+    while (msg_recv(gw, 0, hb, peer, sizeof peer) == TV_OK) /* older ones, queued meanwhile */
+        msg_clear(hb);
+    count_within(MSG_NONE, after, l);
+    int64_t end = clk_now_ms() + 1000;
+    while (clk_now_ms() < end) {
+        msg w;
+        int g;
+        if (wlink_recv(l, 5, &w, &g) == TV_OK)
+            msg_clear(&w);
+        if (msg_recv(gw, 0, hb, peer, sizeof peer) == TV_OK) {
+            if (hb->type == MSG_HEARTBEAT) return 1;
+            msg_clear(hb);
+        }
+    }
+    return 0;
+}
+
+static int holds(const msg *hb, uint64_t id) {
+    for (size_t i = 0; i < hb->u.heartbeat.n_held; i++)
+        if (hb->u.heartbeat.held[i] == id) return 1;
+    return 0;
+}
+
+/* Jobs 501 (encode) and 502 (generate) arrive and are held; a copy of 501 is dropped; the
+ * answers end the holds (a chunk without a finish reason does not); heartbeats say the last seq
+ * seen, a gateway heartbeat's included. */
+static void check_held(wlink *l) {
+    const uint64_t s0 = 0xabc0000000000000ull;
+    msg enc = {.type = MSG_ENCODE, .seq = s0 + 1}, gen = {.type = MSG_GENERATE, .seq = s0 + 2};
+    enc.u.encode.id = 501;
+    gen.u.generate.id = 502;
+    CHECK_OK(msg_send(gw, "w1", &enc));
+    CHECK_OK(msg_send(gw, "w1", &gen));
+    enc.seq = s0 + 3;                       /* the same job again */
+    CHECK_OK(msg_send(gw, "w1", &enc));
+    int n501 = 0, n502 = 0, gi = -1;
+    int64_t end = clk_now_ms() + 500;
+    msg m;
+    while (clk_now_ms() < end)
+        if (wlink_recv(l, 10, &m, &gi) == TV_OK) {
+            n501 += m.type == MSG_ENCODE && m.u.encode.id == 501;
+            n502 += m.type == MSG_GENERATE && m.u.generate.id == 502;
+            msg_clear(&m);
+        }
+    CHECK_EQ_INT(n501, 1);
+    CHECK_EQ_INT(n502, 1);
+    msg hb;
+    int ok = next_heartbeat(l, 150, &hb);
+    CHECK(ok);
+    if (ok) {
+        CHECK(hb.u.heartbeat.last_seq == s0 + 3);
+        CHECK(hb.u.heartbeat.n_held == 2 && holds(&hb, 501) && holds(&hb, 502));
+        msg_clear(&hb);
+    }
+    msg done = {.type = MSG_ENCODED}, part = {.type = MSG_CHUNK}, last = {.type = MSG_CHUNK};
+    done.u.encoded.id = 501;
+    part.u.chunk = (msg_chunk){.id = 502, .text = "a", .finish_reason = ""};
+    last.u.chunk = (msg_chunk){.id = 502, .text = "b", .finish_reason = "stop"};
+    CHECK_OK(wlink_send(l, gi, &done));
+    CHECK_OK(wlink_send(l, gi, &part));
+    msg gbeat = {.type = MSG_HEARTBEAT, .seq = s0 + 9};
+    CHECK_OK(msg_send(gw, "w1", &gbeat));
+    ok = next_heartbeat(l, 150, &hb);
+    CHECK(ok);
+    if (ok) {
+        CHECK(hb.u.heartbeat.last_seq == s0 + 9);
+        CHECK(hb.u.heartbeat.n_held == 1 && holds(&hb, 502));
+        msg_clear(&hb);
+    }
+    CHECK_OK(wlink_send(l, gi, &last));
+    ok = next_heartbeat(l, 150, &hb);
+    CHECK(ok);
+    if (ok) {
+        CHECK(hb.u.heartbeat.n_held == 0);
+        msg_clear(&hb);
+    }
 }
 
 static int slow_job(void *arg) {
@@ -127,6 +210,8 @@ int main(void) {
     int arg = 7;
     CHECK_EQ_INT(wlink_busy(l, failing_job, &arg), TV_EIO);
     CHECK_EQ_STR(err_msg(), "boom 7");
+
+    check_held(l);
 
     /* Bye; later heartbeats say draining */
     wlink_bye(l, "test");
