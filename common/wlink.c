@@ -54,7 +54,7 @@ struct wlink {
     msg_heartbeat hb;
     int heartbeat_ms, timeout_ms, bye;
     uint64_t next_tick_ms;
-    long lose_jobs, lose_answers; /* fault injection for tests (wlink.h) */
+    long lose_jobs, lose_answers, lose_chunk, chunks_sent; /* fault injection (wlink.h) */
     /* read by the health thread */
     _Atomic uint64_t turn_ms;   /* last wlink_recv */
     _Atomic uint64_t heard_any; /* last message from any gateway */
@@ -200,12 +200,14 @@ int wlink_new(msg_ctx *ctx, const wlink_opts *o, const msg_hello *hello, wlink *
     l->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 3000;
     l->dns_interval_ms = o->dns_interval_ms > 0 ? o->dns_interval_ms : 5000;
     l->hb.capacity = hello->capacity;
-    const char *lj = getenv("TINYVLM_TEST_LOSE_JOBS"), *la = getenv("TINYVLM_TEST_LOSE_ANSWERS");
+    const char *lj = getenv("TINYVLM_TEST_LOSE_JOBS"), *la = getenv("TINYVLM_TEST_LOSE_ANSWERS"),
+               *lc = getenv("TINYVLM_TEST_LOSE_CHUNK");
     l->lose_jobs = lj ? strtol(lj, NULL, 10) : 0;
     l->lose_answers = la ? strtol(la, NULL, 10) : 0;
-    if (l->lose_jobs > 0 || l->lose_answers > 0)
-        log_warn("wlink", "fault injection: the first %ld jobs and %ld answers are lost", l->lose_jobs,
-                 l->lose_answers);
+    l->lose_chunk = lc ? strtol(lc, NULL, 10) : 0;
+    if (l->lose_jobs > 0 || l->lose_answers > 0 || l->lose_chunk > 0)
+        log_warn("wlink", "fault injection: the first %ld jobs and %ld answers are lost, and "
+                 "non-final chunk number %ld", l->lose_jobs, l->lose_answers, l->lose_chunk);
     int rc = TV_OK;
     for (int i = 0; !rc && i < o->n_endpoints; i++)
         rc = slot_open(l, o->endpoints[i], -1) < 0 ? err_wrap(TV_EIO, "gateway %s", o->endpoints[i])
@@ -463,6 +465,10 @@ int wlink_send(wlink *l, int gw, const msg *m) {
     if (!l->gw[gw].sock)
         return err_set(TV_EAGAIN, "gateway %s was dropped", l->gw[gw].endpoint);
     uint64_t id = final_id(m);
+    if (!id && m->type == MSG_CHUNK && ++l->chunks_sent == l->lose_chunk) {
+        log_warn("wlink", "fault injection: a chunk of job %llu lost", (unsigned long long)m->u.chunk.id);
+        return TV_OK;
+    }
     if (id) { /* sent or not, we no longer hold it: if the answer is lost the gateway resends */
         held_remove(&l->gw[gw], id);
         if (l->lose_answers > 0) {

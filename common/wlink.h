@@ -15,8 +15,9 @@
  * or whose answer never did. A job that arrives while we hold one with its id is dropped.
  *
  * Fault injection, for tests only: the environment variables TINYVLM_TEST_LOSE_JOBS=N and
- * TINYVLM_TEST_LOSE_ANSWERS=N make the link lose the first N jobs it receives / the first N
- * final answers it is asked to send, as a network cut would (logged as a warning at start).
+ * TINYVLM_TEST_LOSE_ANSWERS=N make the link lose the first N jobs it receives / final answers
+ * it is asked to send, and TINYVLM_TEST_LOSE_CHUNK=N the N-th non-final chunk it sends, as a
+ * network cut would (logged as a warning at start).
  *
  * Threads: a wlink belongs to the thread that created it (its sockets do). */
 #ifndef TV_WLINK_H

@@ -30,6 +30,7 @@ typedef struct gw_job {
     gw_box *box;              /* the router's reference */
     char worker[MSG_PEER_MAX]; /* "" while waiting for a slot */
     int streamed;             /* a non-final chunk went to the client: cannot be retried */
+    uint32_t tokens;          /* completion tokens its chunks have counted so far */
     int reroutes;
     uint64_t seq;             /* msg.seq it was last sent with (0 = not sent yet) */
     double deadline;          /* monotonic seconds */

@@ -168,6 +168,7 @@ static int hub_send_job(gw *g, gw_job *j, int k) {
     int rc = msg_send(g->sock, w->id, &j->m);
     if (rc) return rc;
     j->seq = j->m.seq;
+    j->tokens = 0; /* a new run counts from the start */
     pthread_mutex_lock(&g->mu);
     gw_reg_assign(&g->reg, k);
     g->reg.w[k].sent_seq = j->seq;
@@ -284,6 +285,18 @@ static void hub_check_lost(gw *g, const char *peer, const msg_heartbeat *hb) {
     }
 }
 
+/* A chunk carrying tokens counts the job's completion tokens so far (proto TokenChunk usage):
+ * each must add exactly its own tokens to the previous count, or one went missing in between.
+ * Resending is no answer here (the worker may still be running that generation, and would
+ * stream it twice); hub_on_worker_msg ends the job with an error instead. Chunks without tokens
+ * or without a count are not judged. Returns 1 if c follows on. */
+static int hub_chunk_continues(gw_job *j, const msg_chunk *c) {
+    if (!c->n_tokens || !c->completion_tokens) return 1;
+    if (c->completion_tokens != j->tokens + c->n_tokens) return 0;
+    j->tokens = c->completion_tokens;
+    return 1;
+}
+
 static void hub_on_hello(gw *g, const char *peer, const msg_hello *h) {
     if (strcmp(peer, h->worker_id) != 0) {
         log_warn(HUB_COMP, "hello from %s claims id %s: ignored", peer, h->worker_id);
@@ -346,6 +359,19 @@ static void hub_on_worker_msg(gw *g, const char *peer, msg *m) {
     gw_job *j = id ? hub_job(g, id) : NULL;
     if (!j || strcmp(j->worker, peer) != 0) return; /* late answer for a job that ended */
     int final = m->type != MSG_CHUNK || (m->u.chunk.finish_reason && m->u.chunk.finish_reason[0]);
+    if (m->type == MSG_CHUNK && !hub_chunk_continues(j, &m->u.chunk)) {
+        /* a chunk went missing (see hub_check_lost): the answer would have a hole in it */
+        log_warn(HUB_COMP, "job %llu: worker %s skipped from %u to %u completion tokens: a chunk "
+                 "was lost", (unsigned long long)j->id, peer, j->tokens,
+                 m->u.chunk.completion_tokens);
+        if (!final) {
+            msg c = {.type = MSG_CANCEL, .u.cancel_id = j->id};
+            msg_send(g->sock, peer, &c);
+        }
+        hub_job_fail(g, j, 503, "worker_lost",
+                     "part of this answer was lost between the worker and the gateway");
+        return;
+    }
     if (!final) j->streamed = 1;
     gw_box_push(j->box, m, final);
     if (final) hub_job_end(g, j);

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Messages lost between the gateway and a worker (what a reconnect after a network cut does to
 # whatever was queued on the old connection), made by the workers' fault injection
-# (TINYVLM_TEST_LOSE_JOBS / _ANSWERS, common/wlink.h): a lost encode, a lost encode answer and a
+# (TINYVLM_TEST_LOSE_JOBS / _ANSWERS / _CHUNK, common/wlink.h): a lost encode, a lost encode answer and a
 # lost generate are each sent again within a few heartbeats, and the request is answered with
 # the same answer as without the loss (tinyvlm_jobs_resent_total counts them); a generation whose
 # last chunk is lost after it streamed ends at once with a 503 worker_lost, not at the request
-# timeout. Without resending, each of these would wait for the request timeout (20 s here).
+# timeout; a lost chunk ends the request at once with a 503 or, mid-stream, an error event. Without these
+# checks each would wait for the request timeout (20 s here), or stream an answer with a hole.
 # $1 = the binary, $2 = the source tree.
 bin=$1; src=$2
 . "$src/tests/service/gateway_lib.bash"
@@ -68,5 +69,28 @@ ok "lm worker, its final chunk lost: 503 in ${secs}s (< 10 s)" "[ '$code' = 503 
 ok "...error code worker_lost" "[ \"\$(jq -r .error.code '$work/got4.json')\" = worker_lost ]"
 ask after
 ok "...the next request is answered again (200, the same answer)" "[ '$code' = 200 ] && cmp -s '$work/want' '$work/after'"
+
+# A chunk lost: the gateway sees the token count jump and ends the request at once, instead of
+# passing on an answer with a hole in it — a plain 503 while nothing was streamed yet (the first
+# chunk lost), an error event mid-stream (the third).
+workers - TINYVLM_TEST_LOSE_CHUNK=1 5
+ask got5
+echo "  lm worker, TINYVLM_TEST_LOSE_CHUNK=1: HTTP $code in ${secs}s"
+ok "first chunk lost: 503 worker_lost in ${secs}s (< 10 s)" \
+  "[ '$code' = 503 ] && [ \"\$(jq -r .error.code '$work/got5.json')\" = worker_lost ] && awk 'BEGIN { exit !($secs < 10) }'"
+workers - TINYVLM_TEST_LOSE_CHUNK=3 6
+sreq=$(chat_body "$src/examples/sample.png" "What is this?" ',"stream":true')
+t0=$(date +%s.%N)
+curl -sN --max-time 15 -H 'Content-Type: application/json' --data-binary "@$sreq" \
+  "$url/v1/chat/completions" -o "$work/s6" -w '%{http_code}' >"$work/s6.code"
+secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+echo "  lm worker, TINYVLM_TEST_LOSE_CHUNK=3, streaming: HTTP $(cat "$work/s6.code") in ${secs}s"
+ok "third chunk lost mid-stream: 200, text streamed, then an error event (worker_lost) and [DONE], in ${secs}s (< 10 s)" \
+  "[ \"\$(cat '$work/s6.code')\" = 200 ] && grep -q '\"delta\":{\"content\":\"[^\"]' '$work/s6' && grep -q '\"code\": *\"worker_lost\"' '$work/s6' &&
+   grep -q 'data: \[DONE\]' '$work/s6' && awk 'BEGIN { exit !($secs < 10) }'"
+ok "...and no finish_reason stop/length (the answer is not passed off as whole)" \
+  "! grep -q '\"finish_reason\": *\"\(stop\|length\)\"' '$work/s6'"
+ask after6
+ok "...the next request is answered again (200, the same answer)" "[ '$code' = 200 ] && cmp -s '$work/want' '$work/after6'"
 
 finish "service gateway_lost"
