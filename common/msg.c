@@ -630,6 +630,20 @@ static int hello_from_pb(Tinyvlm__Hello *pb, msg_hello *h) {
     return TV_OK;
 }
 
+/* Copies a received array of n items of size bytes (at most max: a peer cannot make us allocate
+ * more) into *dst (malloc'd; left NULL when n is 0) and n into *n_dst. Returns 0 or TV_EFORMAT
+ * naming what. */
+static int take_array(const void *src, size_t n, size_t size, size_t max, const char *what,
+                      void **dst, size_t *n_dst) {
+    if (n > max) return err_set(TV_EFORMAT, "%zu %s (at most %zu)", n, what, max);
+    if (n) {
+        *dst = tv_xmalloc(n * size);
+        memcpy(*dst, src, n * size);
+        *n_dst = n;
+    }
+    return TV_OK;
+}
+
 static int heartbeat_from_pb(const Tinyvlm__Heartbeat *pb, msg_heartbeat *h) {
     h->load = pb->load;
     h->capacity = pb->capacity;
@@ -640,15 +654,11 @@ static int heartbeat_from_pb(const Tinyvlm__Heartbeat *pb, msg_heartbeat *h) {
     h->tokens_out = pb->tokens_out;
     h->draining = pb->draining != 0;
     h->last_seq = pb->last_seq;
-    if (pb->n_held > MSG_MAX_HELD)
-        return err_set(TV_EFORMAT, "heartbeat with %zu held jobs (at most %d)", pb->n_held,
-                       MSG_MAX_HELD);
-    if (pb->n_held) {
-        h->held = tv_xmalloc(pb->n_held * sizeof *h->held);
-        memcpy(h->held, pb->held, pb->n_held * sizeof *h->held);
-        h->n_held = pb->n_held;
-    }
-    return TV_OK;
+    void *held = NULL;
+    int rc = take_array(pb->held, pb->n_held, sizeof *h->held, MSG_MAX_HELD,
+                        "held jobs in a heartbeat", &held, &h->n_held);
+    h->held = held;
+    return rc;
 }
 
 static int encode_from_pb(Tinyvlm__EncodeRequest *pb, msg_encode *m) {
@@ -734,14 +744,12 @@ static int chunk_from_pb(Tinyvlm__TokenChunk *pb, msg_chunk *m) {
     if ((rc = take_str(pb->text, &m->text, "chunk text")) ||
         (rc = take_str(pb->finish_reason, &m->finish_reason, "finish reason")))
         return rc;
-    if (pb->n_tokens > MSG_MAX_CHUNK_TOKENS)
-        return err_set(TV_EFORMAT, "chunk of %zu tokens (at most %d)", pb->n_tokens,
-                       MSG_MAX_CHUNK_TOKENS);
-    if (pb->n_tokens) {
-        m->tokens = tv_xmalloc(pb->n_tokens * sizeof *m->tokens);
-        memcpy(m->tokens, pb->tokens, pb->n_tokens * sizeof *m->tokens);
-        m->n_tokens = pb->n_tokens;
-    }
+    void *tokens = NULL;
+    rc = take_array(pb->tokens, pb->n_tokens, sizeof *m->tokens, MSG_MAX_CHUNK_TOKENS,
+                    "tokens in a chunk", &tokens, &m->n_tokens);
+    m->tokens = tokens;
+    if (rc)
+        return rc;
     if (pb->usage) {
         m->prompt_tokens = pb->usage->prompt_tokens;
         m->completion_tokens = pb->usage->completion_tokens;
