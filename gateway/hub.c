@@ -207,6 +207,26 @@ static void hub_dispatch(gw *g) {
 
 /* ---- workers -------------------------------------------------------------------------------- */
 
+/* j's worker is gone, or j or its answer was lost on the way; the caller has given back its
+ * slot. Puts j back in the queue for hub_dispatch and counts it in metric, or ends it: a
+ * cancelled job, a generation that already streamed (why_streamed: it cannot start over), a job
+ * out of reroutes. Returns 1 if j waits again, 0 if it ended (j is freed). */
+static int hub_job_again(gw *g, gw_job *j, const char *metric, const char *why_streamed) {
+    j->worker[0] = 0;
+    hub_count_queued(g, j, 1);
+    if (j->cancel_at > 0) {
+        hub_job_fail(g, j, 499, "cancelled", "cancelled");
+    } else if (j->kind == MSG_WORKER_LM && j->streamed) {
+        hub_job_fail(g, j, 503, "worker_lost", "%s", why_streamed);
+    } else if (++j->reroutes > HUB_MAX_REROUTES) {
+        hub_job_fail(g, j, 503, "worker_lost", "workers kept failing on this request");
+    } else {
+        gw_met_add(g->met, metric, "", 1);
+        return 1;
+    }
+    return 0;
+}
+
 /* Removes a worker and reroutes its jobs: encodes are retried elsewhere, generations that have
  * not streamed yet too, the others end with an error event. */
 static void hub_drop_worker(gw *g, const char *id, const char *why) {
@@ -222,24 +242,11 @@ static void hub_drop_worker(gw *g, const char *id, const char *why) {
     gw_met_add(g->met, "tinyvlm_workers_dropped_total", kind == MSG_WORKER_LM ? "kind=\"lm\"" : "kind=\"vision\"", 1);
     for (gw_job *j = g->jobs, *next; j; j = next) {
         next = j->next;
-        if (strcmp(j->worker, wid) != 0) continue;
-        j->worker[0] = 0; /* its slot went with the worker */
-        if (j->cancel_at > 0) {
-            hub_count_queued(g, j, 1);
-            hub_job_fail(g, j, 499, "cancelled", "cancelled");
-        } else if (j->kind == MSG_WORKER_LM && j->streamed) {
-            hub_count_queued(g, j, 1);
-            hub_job_fail(g, j, 503, "worker_lost",
-                         "the language-model worker serving this request went away mid-answer");
-        } else if (++j->reroutes > HUB_MAX_REROUTES) {
-            hub_count_queued(g, j, 1);
-            hub_job_fail(g, j, 503, "worker_lost", "workers kept failing on this request");
-        } else {
-            hub_count_queued(g, j, 1);
-            gw_met_add(g->met, "tinyvlm_jobs_rerouted_total", "", 1);
+        if (strcmp(j->worker, wid) != 0) continue; /* its slot went with the worker */
+        if (hub_job_again(g, j, "tinyvlm_jobs_rerouted_total",
+                          "the language-model worker serving this request went away mid-answer"))
             log_info(HUB_COMP, "job %llu rerouted after losing worker %s",
                      (unsigned long long)j->id, wid);
-        }
     }
 }
 
@@ -270,18 +277,9 @@ static void hub_check_lost(gw *g, const char *peer, const msg_heartbeat *hb) {
         pthread_mutex_lock(&g->mu);
         gw_worker *w = gw_reg_find(&g->reg, peer);
         if (w && w->inflight) w->inflight--;
-        g->queued[j->kind]++;
         pthread_mutex_unlock(&g->mu);
-        j->worker[0] = 0;
-        if (j->kind == MSG_WORKER_LM && j->streamed) {
-            hub_job_fail(g, j, 503, "worker_lost",
-                         "the end of this answer was lost between the worker and the gateway");
-        } else if (++j->reroutes > HUB_MAX_REROUTES) {
-            hub_job_fail(g, j, 503, "worker_lost", "workers kept failing on this request");
-        } else {
-            gw_met_add(g->met, "tinyvlm_jobs_resent_total", "", 1);
-            /* hub_dispatch (this turn of the router loop) places it again */
-        }
+        hub_job_again(g, j, "tinyvlm_jobs_resent_total",
+                      "the end of this answer was lost between the worker and the gateway");
     }
 }
 

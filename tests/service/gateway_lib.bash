@@ -67,9 +67,11 @@ start_gateway() {
 }
 
 # start_worker vision|lm NAME [extra flags...]: sets wpid (the log is $work/NAME.log).
+# WORKER_ENV="VAR=VALUE ..." adds to the worker's environment (e.g. fault injection).
 start_worker() {
   local kind=$1 name=$2; shift 2
-  "$bin" "$kind-worker" --model "$work/b" --gateway "$zurl" --worker-id "$name" --threads 1 \
+  # shellcheck disable=SC2086 # WORKER_ENV is a list of assignments
+  env ${WORKER_ENV:-} "$bin" "$kind-worker" --model "$work/b" --gateway "$zurl" --worker-id "$name" --threads 1 \
     --heartbeat-ms 250 --gateway-timeout-ms 1500 "$@" >"$work/$name.log" 2>&1 &
   wpid=$!; pids+=("$wpid"); disown "$wpid"
 }

@@ -31,14 +31,8 @@ wv=; wl=
 workers() {
   [ -n "$wv" ] && kill -9 "$wv" "$wl" 2>/dev/null
   [ -n "$wv" ] && for _ in $(seq 100); do [ "$(curl -s "$url/readyz" | jq -r .vision_workers)" = 0 ] && break; sleep 0.1; done
-  local ev=() el=()
-  [ "$1" != - ] && ev=("$1"); [ "$2" != - ] && el=("$2")
-  env "${ev[@]}" "$bin" vision-worker --model "$work/b" --gateway "$zurl" --worker-id "v$3" --threads 1 \
-    --heartbeat-ms 250 --gateway-timeout-ms 1500 >"$work/v$3.log" 2>&1 &
-  wv=$!; pids+=("$wv"); disown "$wv"
-  env "${el[@]}" "$bin" lm-worker --model "$work/b" --gateway "$zurl" --worker-id "l$3" --threads 1 \
-    --heartbeat-ms 250 --gateway-timeout-ms 1500 >"$work/l$3.log" 2>&1 &
-  wl=$!; pids+=("$wl"); disown "$wl"
+  WORKER_ENV=${1#-} start_worker vision "v$3"; wv=$wpid
+  WORKER_ENV=${2#-} start_worker lm "l$3"; wl=$wpid
   wait_workers 1 1 || exit 1
 }
 resent() { metric tinyvlm_jobs_resent_total; }
